@@ -1,0 +1,43 @@
+# The README's commands. Each target installs what it needs into .venv first.
+PY   ?= python3
+VENV ?= .venv
+BIN  := $(VENV)/bin
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+.PHONY: demo test lab bench-accuracy clean-nbs export
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch: keep one that is there; else the CPU wheel pinned here when no GPU is seen, else the default build.
+$(VENV)/.core: pyproject.toml | $(BIN)/python
+	@$(BIN)/python -c "import torch" 2>/dev/null || { \
+	  if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; \
+	  else $(BIN)/pip install -q torch==2.13.0; fi; }
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+$(VENV)/.dev: $(VENV)/.core
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+demo: $(VENV)/.core
+	$(BIN)/python -m gptq_nb.demo
+
+bench-accuracy: $(VENV)/.core
+	$(BIN)/python -m gptq_nb.demo --bench
+
+test: $(VENV)/.dev
+	@echo "== notebooks clean and in sync with gptq_nb/"
+	$(BIN)/nbdev-clean
+	@test -z "$$(git status --porcelain -- nbs)" || { git status --porcelain -- nbs; echo "notebooks not clean: run $(BIN)/nbdev-clean and commit"; exit 1; }
+	$(BIN)/nbdev-export
+	@test -z "$$(git status --porcelain -- gptq_nb)" || { git status --porcelain -- gptq_nb; echo "gptq_nb/ out of sync: run $(BIN)/nbdev-export and commit"; exit 1; }
+	@echo "== notebook tests"
+	$(BIN)/nbdev-test --n-workers 2 --timing
+	@echo "== pytest"
+	$(BIN)/python -m pytest -q tests
+
+export:
+	$(BIN)/nbdev-export
+	$(BIN)/nbdev-clean
