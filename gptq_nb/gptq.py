@@ -37,6 +37,7 @@ class GPTQResult:
     rtn_loss: float       # the same for round-to-nearest on the same grid
     damp: float           # damp_percent actually used
     seconds: float        # wall time of the solve
+    rtn_qw: QuantizedWeight|None = None  # the round-to-nearest baseline on the same grid (when computed)
 
 def proxy_loss(W, What, H):
     "`tr(ΔW·H·ΔWᵀ)`: the layer's summed squared output error over the calibration tokens (per token, ×2)."
@@ -98,5 +99,6 @@ def gptq_quantize(W, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act:
                          perm)
     H0 = H0.to(W.device)
     loss = proxy_loss(W0, qw.dequantize(), H0)
-    rtn_loss = proxy_loss(W0, rtn_quantize(W0, bits, group_size, sym, mse).dequantize(), H0) if rtn else float("nan")
-    return GPTQResult(qw, loss, rtn_loss, damp, time.perf_counter() - t0)
+    rtn_qw = rtn_quantize(W0, bits, group_size, sym, mse) if rtn else None
+    rtn_loss = proxy_loss(W0, rtn_qw.dequantize(), H0) if rtn else float("nan")
+    return GPTQResult(qw, loss, rtn_loss, damp, time.perf_counter() - t0, rtn_qw)

@@ -57,12 +57,12 @@ class HessianHooks:
         def hook(mod, args):
             x = args[0]
             key = _input_key(x)
-            h = self._seen.get(key)
+            h = self._seen.get(key, (None,))[0]
             if h is None:
                 K = x.shape[-1]
                 h = self.hessians.get(name) or Hessian(K, self.device, name)
                 h.add(x, self.mask)
-                self._seen[key] = h
+                self._seen[key] = (h, x)   # holding x keeps its memory from being reused by another input
             self.hessians[name] = h
             if self.on_input is not None: self.on_input(name, x)
         return hook
