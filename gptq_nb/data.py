@@ -232,6 +232,8 @@ def get_calibration(source,                   # list of str / token-id lists / 1
     "Calibration samples `[{'input_ids': LongTensor[L], 'attention_mask': LongTensor[L]}]`, `L <= seqlen`."
     if source is None: raise ValueError("source is None: pass texts, token ids, a path, or a name like 'c4'.")
     if isinstance(source, (str, os.PathLike)):
+        if tokenizer is None:
+            raise ValueError(f"Sampling from {str(source)!r} needs a tokenizer: pass tokenizer=AutoTokenizer.from_pretrained(...).")
         p = Path(source)
         if p.exists(): docs = _read_docs(p)
         elif isinstance(source, str) and source.strip() and not any(c.isspace() for c in source) \
@@ -240,15 +242,16 @@ def get_calibration(source,                   # list of str / token-id lists / 1
         else:
             raise ValueError(f"{str(source)[:60]!r} is neither an existing path nor a dataset name. To calibrate on a "
                              "text, wrap it in a list: get_calibration([text], tokenizer).")
-        if tokenizer is None:
-            raise ValueError(f"Sampling from {str(source)!r} needs a tokenizer: pass tokenizer=AutoTokenizer.from_pretrained(...).")
         return [_as_sample(w, seqlen) for w in sample_windows(docs, tokenizer, n_samples, seqlen, seed, progress)]
     if isinstance(source, torch.Tensor) and source.ndim == 2: source = list(source)
     items = list(source)
     if not items: raise ValueError("The calibration source is empty: pass at least one text or token sequence.")
     out = []
     for it in items:
-        if isinstance(it, dict): it = it["input_ids"]
+        if isinstance(it, dict):  # an earlier sample, or a `datasets` row
+            if "input_ids" in it: it = it["input_ids"]
+            elif "text" in it: it = it["text"]
+            else: raise ValueError(f"A calibration dict needs 'input_ids' or 'text', got keys {sorted(it)}.")
         if isinstance(it, str):
             if tokenizer is None:
                 raise ValueError("Calibration texts need a tokenizer: pass tokenizer=AutoTokenizer.from_pretrained(...), "

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_eval.ipynb #c002
 from __future__ import annotations
-import math
+import math, itertools
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -42,6 +42,14 @@ def _nll(logits, targets, chunk:int=512):
             total += F.cross_entropy(lg, targets[r, s:s + chunk], reduction="none").double().sum()
     return total, targets.numel()
 
+def _input_device(model):
+    "Where input ids must go: the input embeddings' device (first parameter or buffer otherwise; CPU if none)."
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    for m in (emb, model):
+        if m is None: continue
+        for t in itertools.chain(m.parameters(), m.buffers()): return t.device
+    return torch.device("cpu")
+
 def perplexity(model,                   # a causal LM returning `.logits`
                windows,                 # LongTensor[n, L] (e.g. from `eval_windows`) or a list of equal-length 1-D ids
                batch_size:int=1,        # windows per forward
@@ -55,7 +63,7 @@ def perplexity(model,                   # a causal LM returning `.logits`
     if windows.ndim != 2 or windows.shape[1] < 2 or windows.shape[0] == 0:
         raise ValueError(f"windows has shape {tuple(windows.shape)}: pass LongTensor[n, L] with n >= 1 and L >= 2 "
                          "(see `eval_windows`).")
-    if device is None: device = next(model.parameters()).device
+    if device is None: device = _input_device(model)
     was_training = model.training; model.eval()
     total, count = 0.0, 0
     try:
