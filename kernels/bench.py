@@ -1,0 +1,311 @@
+"""GPU workbench for gptq_nb.kernels.gemm: correctness sweep, tuning sweep, protocol S1 timings.
+
+Run on the lent GPU from the repo root:
+    PYTHONPATH=. python3 kernels/bench.py --check --tune --s1 --out $OUT
+Stages:
+  --check  every kernel variant against the float64 torch reference on fresh random inputs: bits 2/3/4/8, gptq and
+           gptq_v2 zeros, sym/asym, act-order (per-element g_idx path and prepare()'s reordering), odd N, K not a
+           multiple of the group, group -1/32/128, fp16 and bf16, m from 1 to 300, split-K, bias, CUDA-graph replay.
+  --tune   sweep launch configs on the S1 shapes (Llama-2-7B and -70B linear sets, 4-bit g128, m = 1, 4, 16, 64, 256),
+           keep the fastest per (m, shape); writes tuned_<card>.json ({card: {"bits/m/K/N": config}}).
+  --s1     protocol S1 (PROTOCOL.md): do_bench medians summed over each set, ratio to fp16 torch.matmul in the same
+           process, HBM floor from a measured device-to-device copy. Uses --tuned FILE (or the table just tuned).
+Prints short tables last; full numbers go to --out as JSON.
+"""
+import argparse, json, os, sys, time, math, itertools, datetime
+import torch
+import triton
+from triton.testing import do_bench
+
+from gptq_nb.kernels import gemm as G
+
+SETS = {"7B": [(4096, 12288), (4096, 4096), (4096, 22016), (11008, 4096)],
+        "70B": [(8192, 10240), (8192, 8192), (8192, 57344), (28672, 8192)]}
+MS = (1, 4, 16, 64, 256)
+dev = "cuda"
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def rel(y, ref):
+    y = y.double()
+    if not torch.isfinite(y).all(): return float("inf")
+    return ((y - ref).norm() / ref.norm()).item()
+
+
+def layer(K, N, bits=4, gs=128, act_order=False, fmt="gptq", sym=False, seed=0):
+    L = G.random_gptq(K, N, bits=bits, group_size=gs, act_order=act_order, checkpoint_format=fmt, sym=sym,
+                      device=dev, seed=seed)
+    return L
+
+
+def args_of(L, g_idx=True):
+    return dict(qweight=L["qweight"], qzeros=L["qzeros"], scales=L["scales"],
+                g_idx=L["g_idx"] if g_idx else None, bits=L["bits"], group_size=L["group_size"],
+                checkpoint_format=L["checkpoint_format"])
+
+
+# ----------------------------------------------------------------------------------------------------------------- check
+def check():
+    log("== check: kernels vs float64 reference")
+    fails, n = [], 0
+    cfgs = [None,
+            dict(bm=16, bn=64, bk=128, sk=4, w=4, s=3, u=1, c=1),
+            dict(bm=16, bn=32, bk=64, sk=1, w=4, s=2, u=0, c=0),
+            dict(bm=64, bn=128, bk=64, sk=1, w=4, s=3, u=1, c=0),
+            dict(bm=32, bn=64, bk=32, sk=2, w=4, s=3, u=1, c=1),
+            {"mode": "dequant"}]
+    cases = []
+    for bits in (4, 8, 2, 3):
+        shapes = ((1088, 1001, 128), (576, 1536, 32), (576, 1536, -1), (4096, 4096, 128)) if bits == 4 else \
+                 ((1088, 1001, 128), (576, 1536, -1))
+        for (K, N, gs) in shapes:
+            for fmt, ao, sym in (("gptq", False, True), ("gptq_v2", True, False), ("gptq", True, False)):
+                cases.append((bits, K, N, gs, fmt, ao, sym))
+    t0 = time.time()
+    for ci, (bits, K, N, gs, fmt, ao, sym) in enumerate(cases):
+        L = layer(K, N, bits, gs, ao, fmt, sym, seed=ci)
+        bias = torch.randn(N, device=dev).half() * 0.1
+        for m, dt in ((1, torch.float16), (16, torch.bfloat16), (33, torch.float16), (300, torch.float16)):
+            x = torch.randn(m, K, device=dev, dtype=dt)
+            b = bias.to(dt) if m in (3, 33) else None
+            ref = G.ref_gemm(x, bias=b, **args_of(L))
+            tol = 2e-3 if dt == torch.float16 else 6e-3
+            variants = []
+            for cfg in (cfgs[0], cfgs[1 + ci % 4], cfgs[5]):
+                if ao:  # act-order: direct g_idx path and prepare()'s reordered path
+                    variants.append(("gidx", cfg, lambda cfg=cfg: G.gptq_gemm(x, bias=b, config=cfg, **args_of(L))))
+                    P = G.prepare(**args_of(L), bias=b)
+                    variants.append(("prep", cfg, lambda cfg=cfg, P=P: P(x, cfg)))
+                else:
+                    variants.append(("plain", cfg, lambda cfg=cfg: G.gptq_gemm(x, bias=b, config=cfg, **args_of(L, g_idx=False))))
+            for name, cfg, fn in variants:
+                torch.full((m * N * 2 + 4096,), float("nan"), device=dev)  # poison the allocator's next block
+                y = fn()
+                y2 = fn()
+                torch.cuda.synchronize()
+                e = rel(y, ref)
+                n += 1
+                det = torch.equal(y, y2)
+                if not (e <= tol) or not det:
+                    fails.append((bits, K, N, gs, fmt, ao, sym, m, str(dt), name, cfg, e, det))
+                    log("FAIL", fails[-1])
+        if ci % 8 == 0: log(f"  case {ci}/{len(cases)}  {time.time() - t0:.0f}s  worst so far ok, fails={len(fails)}")
+    # CUDA graph capture and replay (split-K counters must reset themselves)
+    L = layer(4096, 4096)
+    x = torch.randn(1, 4096, device=dev, dtype=torch.float16)
+    cfg = dict(bm=16, bn=64, bk=128, sk=8, w=4, s=3, u=1, c=1)
+    y = G.gptq_gemm(x, config=cfg, **args_of(L, False))
+    s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2): G.gptq_gemm(x, config=cfg, **args_of(L, False))
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        yg = G.gptq_gemm(x, config=cfg, **args_of(L, False))
+    x.copy_(torch.randn_like(x))
+    for _ in range(5): g.replay()
+    torch.cuda.synchronize()
+    e = rel(yg, G.ref_gemm(x, **args_of(L, False)))
+    n += 1
+    log(f"  cuda graph replay rel err {e:.2e}")
+    if not e <= 2e-3: fails.append(("cudagraph", e))
+    log(f"== check: {n} runs, {len(fails)} failures, {time.time() - t0:.0f}s")
+    return dict(runs=n, failures=[str(f) for f in fails])
+
+
+# ------------------------------------------------------------------------------------------------------------------ time
+def bench(fn, fast=True):
+    return do_bench(fn, warmup=3 if fast else 25, rep=15 if fast else 100, return_mode="median")
+
+
+def fp16_time(x, W, Wt, fast=True):
+    a = bench(lambda: torch.matmul(x, W), fast)
+    b = bench(lambda: torch.nn.functional.linear(x, Wt), fast)
+    return min(a, b), a, b
+
+
+def small_cands():
+    out = []
+    for bn, bk, (w, s) in itertools.product((32, 64, 128, 256), (64, 128), ((4, 2), (4, 3), (4, 4), (4, 6), (8, 3), (8, 4))):
+        if w == 8 and bn < 128: continue
+        out.append(dict(bm=16, bn=bn, bk=bk, w=w, s=s))
+    return out
+
+
+BIG = {64: [(16, 64, 128, 4, 4), (16, 128, 128, 4, 4), (32, 64, 128, 4, 4), (32, 128, 64, 4, 4), (32, 128, 128, 4, 3),
+            (64, 64, 64, 4, 4), (64, 128, 64, 4, 3), (64, 128, 64, 4, 4), (64, 128, 128, 4, 3), (64, 256, 64, 8, 3),
+            (64, 128, 64, 8, 4), (32, 256, 64, 8, 3)],
+       256: [(64, 128, 64, 4, 3), (64, 128, 64, 4, 4), (64, 128, 128, 4, 3), (64, 256, 64, 8, 3), (64, 256, 64, 8, 4),
+             (128, 128, 64, 8, 3), (128, 128, 64, 4, 3), (128, 256, 64, 8, 3), (128, 128, 128, 8, 3), (128, 64, 64, 4, 4),
+             (64, 64, 128, 4, 4), (128, 256, 32, 8, 4)]}
+
+
+def big_cands(m):
+    return [dict(zip(("bm", "bn", "bk", "w", "s"), t)) for t in BIG[m]]
+
+
+def _warm(cfgs):
+    "Worker: compile configs by running them once on a small layer with the same specialisation as the S1 shapes."
+    import torch
+    from gptq_nb.kernels import gemm as G
+    L = G.random_gptq(256, 256, device="cuda")
+    x = torch.randn(16, 256, device="cuda", dtype=torch.float16)
+    for cfg in cfgs:
+        try: G.gptq_gemm(x, L["qweight"], L["qzeros"], L["scales"], None, 4, 128, "gptq", None, cfg)
+        except Exception as e: print("warm fail", cfg, e, flush=True)
+    torch.cuda.synchronize()
+    return len(cfgs)
+
+
+def precompile(cfgs, procs=14):
+    "Fill Triton's disk cache in parallel (compiles are CPU-bound and serial in one process)."
+    import multiprocessing as mp
+    t0 = time.time()
+    chunks = [cfgs[i::procs] for i in range(procs)]
+    with mp.get_context("spawn").Pool(procs) as pool:
+        n = sum(pool.map(_warm, [c for c in chunks if c]))
+    log(f"  precompiled {n} configs in {time.time() - t0:.0f}s")
+
+
+def tune(records):
+    log("== tune")
+    t0 = time.time()
+    card = torch.cuda.get_device_name()
+    layers = {sh: layer(*sh, seed=i) for i, sh in enumerate(SETS["7B"] + SETS["70B"])}
+    table, alltimes = {}, []
+    # stage A: unpack/convert switches on two 7B shapes
+    uc_best = {}
+    for m in MS:
+        res = {}
+        base = [dict(bm=16, bn=64, bk=128, w=4, s=4), dict(bm=16, bn=128, bk=128, w=4, s=4)] if m <= 16 else \
+               [dict(bm=64, bn=128, bk=64, w=4, s=3), dict(bm=min(m, 128), bn=128, bk=64, w=8, s=3)]
+        for u, c in itertools.product((0, 1), (0, 1)):
+            tot = 0
+            for sh in SETS["7B"][:2]:
+                L = layers[sh]; x = torch.randn(m, sh[0], device=dev, dtype=torch.float16)
+                best = min(bench(lambda cfg=cfg: G.gptq_gemm(x, config=cfg, **args_of(L, False)))
+                           for b in base for sk in ((1, 2, 4, 8) if m <= 16 else (1,))
+                           for cfg in [dict(b, u=u, c=c, sk=sk)])
+                tot += best
+            res[(u, c)] = tot
+        uc_best[m] = min(res, key=res.get)
+        log(f"  m={m} unpack/cvt screening (ms, 2 shapes): " + ", ".join(f"u{u}c{c}={t:.4f}" for (u, c), t in res.items()))
+        records.setdefault("uc_screen", {})[m] = {f"u{u}c{c}": t for (u, c), t in res.items()}
+    # stage B: tiles x split-K per shape and m
+    jobs = []
+    for m in MS:
+        u, c = uc_best[m]
+        for cand in (small_cands() if m <= 16 else big_cands(m)):
+            for sk in (1, 2):
+                jobs.append(dict(cand, u=u, c=c, sk=sk))
+    uniq = {json.dumps(j, sort_keys=True): j for j in jobs}
+    precompile(list(uniq.values()))
+    for m in MS:
+        u, c = uc_best[m]
+        cands = small_cands() if m <= 16 else big_cands(m)
+        sks = (1, 2, 4, 8, 16) if m <= 16 else (1, 2)
+        scores = {}
+        for setname in ("7B", "70B"):
+            if setname == "70B":  # prune: the 12 best tile configs on the 7B set
+                ranked = sorted(scores, key=scores.get)[:12]
+                cands_here = [dict(zip(("bm", "bn", "bk", "w", "s"), k)) for k in ranked]
+            else:
+                cands_here = cands
+            for sh in SETS[setname]:
+                L = layers[sh]; K, N = sh
+                x = torch.randn(m, K, device=dev, dtype=torch.float16)
+                best = (float("inf"), None)
+                for cand in cands_here:
+                    key = (cand["bm"], cand["bn"], cand["bk"], cand["w"], cand["s"])
+                    cbest = float("inf")
+                    for sk in sks:
+                        if sk > 1 and K // sk < cand["bk"]: continue
+                        cfg = dict(cand, sk=sk, u=u, c=c)
+                        try:
+                            t = bench(lambda: G.gptq_gemm(x, config=cfg, **args_of(L, False)))
+                        except Exception as ex:  # out of resources etc.
+                            t = float("inf")
+                        alltimes.append(dict(m=m, K=K, N=N, cfg=cfg, ms=t))
+                        cbest = min(cbest, t)
+                        if t < best[0]: best = (t, cfg)
+                    if setname == "7B": scores[key] = scores.get(key, 0) + cbest
+                if m >= 16:
+                    t = bench(lambda: G.gptq_gemm(x, config={"mode": "dequant"}, **args_of(L, False)))
+                    alltimes.append(dict(m=m, K=K, N=N, cfg={"mode": "dequant"}, ms=t))
+                    if t < best[0]: best = (t, {"mode": "dequant"})
+                table[f"4/{m}/{K}/{N}"] = best[1]
+                log(f"  m={m:3d} {K}x{N}: best {best[0] * 1e3:8.1f} us  {best[1]}   [{time.time() - t0:.0f}s]")
+    records["tune_all"] = alltimes
+    return {card: table}
+
+
+def s1(records, tuned):
+    log("== S1")
+    card = torch.cuda.get_device_name()
+    # HBM copy bandwidth (bytes read + written)
+    a = torch.empty(1 << 30, dtype=torch.uint8, device=dev); b = torch.empty_like(a)
+    t = do_bench(lambda: b.copy_(a), warmup=25, rep=200, return_mode="median")
+    bw = 2 * a.numel() / (t * 1e-3)
+    del a, b
+    log(f"  copy bandwidth {bw / 1e12:.2f} TB/s (read+write)")
+    out = dict(card=card, copy_bw=bw, sets={})
+    for setname, shapes in SETS.items():
+        rows = {}
+        layers = [layer(*sh, seed=i) for i, sh in enumerate(shapes)]
+        wbytes = sum(L["qweight"].numel() * 4 + L["scales"].numel() * 2 + L["qzeros"].numel() * 4 for L in layers)
+        fbytes = sum(K * N * 2 for K, N in shapes)
+        for m in MS:
+            t_q = t_f = t_fa = t_fb = t_d = 0.0
+            for (K, N), L in zip(shapes, layers):
+                x = torch.randn(m, K, device=dev, dtype=torch.float16)
+                W = torch.randn(K, N, device=dev, dtype=torch.float16) * 0.02
+                Wt = W.t().contiguous()
+                f, fa, fb = fp16_time(x, W, Wt, fast=False)
+                del W, Wt
+                t_f += f; t_fa += fa; t_fb += fb
+                cfg = G.pick_config(m, K, N, 4, 128, dev)
+                t_q += bench(lambda: G.gptq_gemm(x, config=cfg, **args_of(L, False)), fast=False)
+                t_d += bench(lambda: G.gptq_gemm(x, config={"mode": "dequant"}, **args_of(L, False)), fast=False)
+            rows[m] = dict(fp16=t_f, fp16_matmul=t_fa, fp16_linear=t_fb, gptq=t_q, dequant_cublas=t_d, ratio=t_f / t_q)
+            log(f"  {setname} m={m:3d}: fp16 {t_f * 1e3:8.1f} us  gptq {t_q * 1e3:8.1f} us  ratio {t_f / t_q:5.2f}x"
+                f"   (dequant+cuBLAS {t_d * 1e3:8.1f} us)")
+        out["sets"][setname] = dict(rows=rows, weight_bytes=wbytes, fp16_bytes=fbytes,
+                                    floor_ms=wbytes / bw * 1e3, fp16_floor_ms=fbytes / bw * 1e3)
+        log(f"  {setname}: HBM floor 4-bit {wbytes / bw * 1e6:.1f} us, fp16 {fbytes / bw * 1e6:.1f} us")
+    records["s1"] = out
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check", action="store_true")
+    ap.add_argument("--tune", action="store_true")
+    ap.add_argument("--s1", action="store_true")
+    ap.add_argument("--tuned", default=None)
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    a = ap.parse_args()
+    records = dict(date=datetime.datetime.utcnow().isoformat(timespec="seconds"), card=torch.cuda.get_device_name(),
+                   torch=torch.__version__, triton=triton.__version__, commit=os.environ.get("COMMIT", "?"))
+    log(records)
+    os.makedirs(a.out, exist_ok=True)
+    slug = torch.cuda.get_device_name().replace(" ", "_")
+
+    def save():
+        json.dump(records, open(os.path.join(a.out, "bench_records.json"), "w"), indent=1, default=str)
+    try:
+        if a.check: records["check"] = check(); save()
+        if a.tuned: G.load_tuning(a.tuned)
+        if a.tune:
+            t = tune(records)
+            json.dump(t, open(os.path.join(a.out, f"tuned_{slug}.json"), "w"), indent=1)
+            G.load_tuning(t); save()
+        if a.s1: s1(records, G.TUNED); save()
+    finally:
+        save()
+
+
+if __name__ == "__main__":
+    main()
