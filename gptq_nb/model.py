@@ -46,7 +46,7 @@ def tiny_causal_lm(arch:str="llama", seed:int=0, layers:int=2, vocab:int=256, hi
         "gemma":   lambda: tf.GemmaConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=L, num_attention_heads=4, num_key_value_heads=2, head_dim=16, **common),
         "gemma3":  lambda: tf.Gemma3TextConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=L, num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=8, **common),
         "opt":     lambda: tf.OPTConfig(hidden_size=h, ffn_dim=i, num_hidden_layers=L, num_attention_heads=4, word_embed_proj_dim=h, **common),
-        "gpt2":    lambda: tf.GPT2Config(n_embd=h, n_layer=L, n_head=4, n_positions=512, vocab_size=vocab),
+        "gpt2":    lambda: tf.GPT2Config(n_embd=h, n_layer=L, n_head=4, n_positions=512, vocab_size=vocab, bos_token_id=0, eos_token_id=0),
         "gpt_neox":lambda: tf.GPTNeoXConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=L, num_attention_heads=4, **common),
         "phi":     lambda: tf.PhiConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=L, num_attention_heads=4, **common),
     }
