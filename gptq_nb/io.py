@@ -168,7 +168,9 @@ def save_quantized(model, save_dir, config:QuantizeConfig|None=None, tokenizer=N
         names = (["model.safetensors"] if len(shards) == 1 else
                  [f"model-{i+1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
         for fname, shard in zip(names, shards): save_file(shard, str(tmp / fname), metadata={"format": "pt"})
-        if len(shards) > 1:
+        _write_report(report, tmp)
+        others = [p for p in tmp.glob("*.safetensors") if p.name not in names]   # e.g. the report's tensors
+        if len(shards) > 1 or others:   # an index tells loaders that glob *.safetensors (vLLM) which files are weights
             index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in sd.values())},
                      "weight_map": {k: f for f, s in zip(names, shards) for k in s}}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
@@ -184,7 +186,6 @@ def save_quantized(model, save_dir, config:QuantizeConfig|None=None, tokenizer=N
         cfg.save_pretrained(tmp)
         if getattr(model, "generation_config", None) is not None: model.generation_config.save_pretrained(tmp)
         if tokenizer is not None: tokenizer.save_pretrained(tmp)
-        _write_report(report, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise
     old = None
@@ -227,7 +228,8 @@ def checkpoint_files(ckpt_dir):
             if not (ckpt_dir / f).exists():
                 raise CheckpointError(f"{f}: listed in model.safetensors.index.json but missing from {ckpt_dir}: re-download it.")
         return {k: ckpt_dir / f for k, f in wm.items()}
-    files = sorted(ckpt_dir.glob("*.safetensors"))
+    if (ckpt_dir / "model.safetensors").exists(): files = [ckpt_dir / "model.safetensors"]
+    else: files = sorted(p for p in ckpt_dir.glob("*.safetensors") if not p.name.startswith("quant_report"))
     if not files:
         pickles = [p.name for p in ckpt_dir.glob("*.bin")] + [p.name for p in ckpt_dir.glob("*.pt")]
         raise CheckpointError(f"{ckpt_dir}: no .safetensors weights" + (f" (found {pickles[0]}: pickle files are never "
