@@ -121,6 +121,13 @@ def bench(fn, fast=True):
     return do_bench(fn, warmup=3 if fast else 25, rep=15 if fast else 100, return_mode="median")
 
 
+def safe_bench(fn, fast=True):
+    try: return bench(fn, fast)
+    except Exception as ex:  # e.g. a tile that needs more shared memory than the card has
+        log("   skip:", type(ex).__name__, str(ex)[:80])
+        return float("inf")
+
+
 def fp16_time(x, W, Wt, fast=True):
     a = bench(lambda: torch.matmul(x, W), fast)
     b = bench(lambda: torch.nn.functional.linear(x, Wt), fast)
@@ -129,7 +136,7 @@ def fp16_time(x, W, Wt, fast=True):
 
 def small_cands():
     out = []
-    for bn, bk, (w, s) in itertools.product((32, 64, 128, 256), (64, 128), ((4, 2), (4, 3), (4, 4), (4, 6), (8, 3), (8, 4))):
+    for bn, bk, (w, s) in itertools.product((32, 64, 128, 256), (64, 128), ((4, 2), (4, 3), (4, 4), (8, 3))):
         if w == 8 and bn < 128: continue
         out.append(dict(bm=16, bn=bn, bk=bk, w=w, s=s))
     return out
@@ -170,82 +177,115 @@ def precompile(cfgs, procs=14):
     log(f"  precompiled {n} configs in {time.time() - t0:.0f}s")
 
 
+def copies(L, n):
+    "n independent copies of a layer's tensors (rotated through so that each call reads its weights from HBM)."
+    return [dict(args_of(L, False), qweight=L["qweight"].clone(), qzeros=L["qzeros"].clone(), scales=L["scales"].clone())
+            for _ in range(n)]
+
+
+def n_copies(nbytes, l2=60e6):
+    return int(min(32, max(1, math.ceil(4 * l2 / nbytes))))
+
+
+def graph_time(fns, min_calls=32):
+    """GPU time per call: capture the calls (rotating over weight copies) in one CUDA graph, time its replays.
+    No host launch overhead; cold weights because the rotation set is several times the L2."""
+    for f in fns: f()
+    torch.cuda.synchronize()
+    reps = max(1, -(-min_calls // len(fns)))
+    st = torch.cuda.Stream(); st.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(st):
+        for f in fns: f()
+    torch.cuda.current_stream().wait_stream(st)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(reps):
+            for f in fns: f()
+    g.replay(); torch.cuda.synchronize()
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    ts = []
+    for _ in range(7):
+        e0.record(); g.replay(); e1.record(); e1.synchronize()
+        ts.append(e0.elapsed_time(e1) / (reps * len(fns)))
+    del g
+    return sorted(ts)[len(ts) // 2]
+
+
+def safe_graph_time(fns):
+    try: return graph_time(fns)
+    except Exception as ex:
+        log("   skip:", type(ex).__name__, str(ex)[:80])
+        torch.cuda.synchronize()
+        return float("inf")
+
+
+def qbytes(K, N): return K * N // 2 + (K // 128) * N * 2.5
+
+
 def tune(records):
-    log("== tune")
+    log("== tune (CUDA-graph timing, rotating weight copies)")
     t0 = time.time()
     card = torch.cuda.get_device_name()
-    layers = {sh: layer(*sh, seed=i) for i, sh in enumerate(SETS["7B"] + SETS["70B"])}
     table, alltimes = {}, []
-    # stage A: unpack/convert switches on two 7B shapes
-    uc_best = {}
-    for m in MS:
-        res = {}
-        base = [dict(bm=16, bn=64, bk=128, w=4, s=4), dict(bm=16, bn=128, bk=128, w=4, s=4)] if m <= 16 else \
-               [dict(bm=64, bn=128, bk=64, w=4, s=3), dict(bm=min(m, 128), bn=128, bk=64, w=8, s=3)]
-        for u, c in itertools.product((0, 1), (0, 1)):
-            tot = 0
-            for sh in SETS["7B"][:2]:
-                L = layers[sh]; x = torch.randn(m, sh[0], device=dev, dtype=torch.float16)
-                best = min(bench(lambda cfg=cfg: G.gptq_gemm(x, config=cfg, **args_of(L, False)))
-                           for b in base for sk in ((1, 2, 4, 8) if m <= 16 else (1,))
-                           for cfg in [dict(b, u=u, c=c, sk=sk)])
-                tot += best
-            res[(u, c)] = tot
-        uc_best[m] = min(res, key=res.get)
-        log(f"  m={m} unpack/cvt screening (ms, 2 shapes): " + ", ".join(f"u{u}c{c}={t:.4f}" for (u, c), t in res.items()))
-        records.setdefault("uc_screen", {})[m] = {f"u{u}c{c}": t for (u, c), t in res.items()}
-    # stage B: tiles x split-K per shape and m
     jobs = []
     for m in MS:
-        u, c = uc_best[m]
         for cand in (small_cands() if m <= 16 else big_cands(m)):
-            for sk in (1, 2):
-                jobs.append(dict(cand, u=u, c=c, sk=sk))
+            for c in ((0, 1) if m <= 16 else (1,)):
+                for sk in (1, 2):
+                    jobs.append(dict(cand, u=1, c=c, sk=sk))
     uniq = {json.dumps(j, sort_keys=True): j for j in jobs}
     precompile(list(uniq.values()))
     for m in MS:
-        u, c = uc_best[m]
-        cands = small_cands() if m <= 16 else big_cands(m)
+        cands = [dict(cd, c=c) for cd in (small_cands() if m <= 16 else big_cands(m)) for c in ((0, 1) if m <= 16 else (1,))]
         sks = (1, 2, 4, 8, 16) if m <= 16 else (1, 2)
         scores = {}
         for setname in ("7B", "70B"):
-            if setname == "70B":  # prune: the 12 best tile configs on the 7B set
-                ranked = sorted(scores, key=scores.get)[:12]
-                cands_here = [dict(zip(("bm", "bn", "bk", "w", "s"), k)) for k in ranked]
+            if setname == "70B":  # prune: the 10 best tile configs on the 7B set
+                ranked = sorted(scores, key=scores.get)[:10]
+                cands_here = [json.loads(k) for k in ranked]
             else:
                 cands_here = cands
-            for sh in SETS[setname]:
-                L = layers[sh]; K, N = sh
+            for i, sh in enumerate(SETS[setname]):
+                K, N = sh
+                Ls = copies(layer(K, N, seed=i), n_copies(qbytes(K, N)))
                 x = torch.randn(m, K, device=dev, dtype=torch.float16)
                 best = (float("inf"), None)
                 for cand in cands_here:
-                    key = (cand["bm"], cand["bn"], cand["bk"], cand["w"], cand["s"])
+                    key = json.dumps(cand, sort_keys=True)
                     cbest = float("inf")
                     for sk in sks:
                         if sk > 1 and K // sk < cand["bk"]: continue
-                        cfg = dict(cand, sk=sk, u=u, c=c)
-                        try:
-                            t = bench(lambda: G.gptq_gemm(x, config=cfg, **args_of(L, False)))
-                        except Exception as ex:  # out of resources etc.
-                            t = float("inf")
+                        cfg = dict(cand, sk=sk, u=1)
+                        t = safe_graph_time([lambda A=A, cfg=cfg: G.gptq_gemm(x, config=cfg, **A) for A in Ls])
                         alltimes.append(dict(m=m, K=K, N=N, cfg=cfg, ms=t))
                         cbest = min(cbest, t)
                         if t < best[0]: best = (t, cfg)
                     if setname == "7B": scores[key] = scores.get(key, 0) + cbest
                 if m >= 16:
-                    t = bench(lambda: G.gptq_gemm(x, config={"mode": "dequant"}, **args_of(L, False)))
+                    t = safe_graph_time([lambda A=A: G.gptq_gemm(x, config={"mode": "dequant"}, **A) for A in Ls[:2]])
                     alltimes.append(dict(m=m, K=K, N=N, cfg={"mode": "dequant"}, ms=t))
                     if t < best[0]: best = (t, {"mode": "dequant"})
                 table[f"4/{m}/{K}/{N}"] = best[1]
+                del Ls
                 log(f"  m={m:3d} {K}x{N}: best {best[0] * 1e3:8.1f} us  {best[1]}   [{time.time() - t0:.0f}s]")
     records["tune_all"] = alltimes
     return {card: table}
 
 
+def host_overhead(fn, n=300):
+    "Host microseconds per call, with the GPU kept busy so the queue never drains."
+    for _ in range(3): fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n): fn()
+    dt = (time.perf_counter() - t) / n
+    torch.cuda.synchronize()
+    return dt * 1e6
+
+
 def s1(records, tuned):
     log("== S1")
     card = torch.cuda.get_device_name()
-    # HBM copy bandwidth (bytes read + written)
     a = torch.empty(1 << 30, dtype=torch.uint8, device=dev); b = torch.empty_like(a)
     t = do_bench(lambda: b.copy_(a), warmup=25, rep=200, return_mode="median")
     bw = 2 * a.numel() / (t * 1e-3)
@@ -257,24 +297,47 @@ def s1(records, tuned):
         layers = [layer(*sh, seed=i) for i, sh in enumerate(shapes)]
         wbytes = sum(L["qweight"].numel() * 4 + L["scales"].numel() * 2 + L["qzeros"].numel() * 4 for L in layers)
         fbytes = sum(K * N * 2 for K, N in shapes)
+        per_shape = {}
         for m in MS:
-            t_q = t_f = t_fa = t_fb = t_d = 0.0
+            r = dict(fp16=0.0, fp16_matmul=0.0, fp16_linear=0.0, gptq=0.0, fp16_graph=0.0, gptq_graph=0.0, dequant_graph=0.0)
             for (K, N), L in zip(shapes, layers):
                 x = torch.randn(m, K, device=dev, dtype=torch.float16)
+                cfg = G.pick_config(m, K, N, 4, 128, dev)
                 W = torch.randn(K, N, device=dev, dtype=torch.float16) * 0.02
                 Wt = W.t().contiguous()
                 f, fa, fb = fp16_time(x, W, Wt, fast=False)
-                del W, Wt
-                t_f += f; t_fa += fa; t_fb += fb
-                cfg = G.pick_config(m, K, N, 4, 128, dev)
-                t_q += bench(lambda: G.gptq_gemm(x, config=cfg, **args_of(L, False)), fast=False)
-                t_d += bench(lambda: G.gptq_gemm(x, config={"mode": "dequant"}, **args_of(L, False)), fast=False)
-            rows[m] = dict(fp16=t_f, fp16_matmul=t_fa, fp16_linear=t_fb, gptq=t_q, dequant_cublas=t_d, ratio=t_f / t_q)
-            log(f"  {setname} m={m:3d}: fp16 {t_f * 1e3:8.1f} us  gptq {t_q * 1e3:8.1f} us  ratio {t_f / t_q:5.2f}x"
-                f"   (dequant+cuBLAS {t_d * 1e3:8.1f} us)")
-        out["sets"][setname] = dict(rows=rows, weight_bytes=wbytes, fp16_bytes=fbytes,
+                del Wt
+                Ws = [W] + [W.clone() for _ in range(n_copies(K * N * 2) - 1)]
+                fg = graph_time([lambda W=W: torch.matmul(x, W) for W in Ws])
+                del Ws, W
+                Ls = copies(L, n_copies(qbytes(K, N)))
+                q = bench(lambda: G.gptq_gemm(x, config=cfg, **args_of(L, False)), fast=False)
+                qg = graph_time([lambda A=A: G.gptq_gemm(x, config=cfg, **A) for A in Ls])
+                dg = graph_time([lambda A=A: G.gptq_gemm(x, config={"mode": "dequant"}, **A) for A in Ls[:2]])
+                del Ls
+                for k, v in zip(("fp16", "fp16_matmul", "fp16_linear", "gptq", "fp16_graph", "gptq_graph", "dequant_graph"),
+                                (f, fa, fb, q, fg, qg, dg)):
+                    r[k] += v
+                per_shape[f"{m}/{K}/{N}"] = dict(fp16=f, gptq=q, fp16_graph=fg, gptq_graph=qg, dequant_graph=dg, cfg=cfg)
+            r["ratio"] = r["fp16"] / r["gptq"]
+            r["ratio_graph"] = r["fp16_graph"] / r["gptq_graph"]
+            rows[m] = r
+            log(f"  {setname} m={m:3d}: do_bench fp16 {r['fp16'] * 1e3:7.1f} gptq {r['gptq'] * 1e3:7.1f} us ({r['ratio']:4.2f}x) | "
+                f"graph fp16 {r['fp16_graph'] * 1e3:7.1f} gptq {r['gptq_graph'] * 1e3:7.1f} us ({r['ratio_graph']:4.2f}x) "
+                f"dequant+cuBLAS {r['dequant_graph'] * 1e3:7.1f}")
+        out["sets"][setname] = dict(rows=rows, per_shape=per_shape, weight_bytes=wbytes, fp16_bytes=fbytes,
                                     floor_ms=wbytes / bw * 1e3, fp16_floor_ms=fbytes / bw * 1e3)
         log(f"  {setname}: HBM floor 4-bit {wbytes / bw * 1e6:.1f} us, fp16 {fbytes / bw * 1e6:.1f} us")
+    # host launch overhead per call (what an eager decode loop pays; CUDA graphs remove it)
+    K, N = 4096, 4096
+    L = layers[1] if False else layer(K, N)
+    x = torch.randn(1, K, device=dev, dtype=torch.float16)
+    W = torch.randn(K, N, device=dev, dtype=torch.float16)
+    cfg = G.pick_config(1, K, N, 4, 128, dev)
+    A = args_of(L, False)
+    out["host_us"] = dict(gptq_gemm=host_overhead(lambda: G.gptq_gemm(x, config=cfg, **A)),
+                          matmul=host_overhead(lambda: torch.matmul(x, W)))
+    log(f"  host overhead per call: gptq_gemm {out['host_us']['gptq_gemm']:.1f} us, torch.matmul {out['host_us']['matmul']:.1f} us")
     records["s1"] = out
     return out
 
@@ -287,7 +350,7 @@ def main():
     ap.add_argument("--tuned", default=None)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     a = ap.parse_args()
-    records = dict(date=datetime.datetime.utcnow().isoformat(timespec="seconds"), card=torch.cuda.get_device_name(),
+    records = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), card=torch.cuda.get_device_name(),
                    torch=torch.__version__, triton=triton.__version__, commit=os.environ.get("COMMIT", "?"))
     log(records)
     os.makedirs(a.out, exist_ok=True)
