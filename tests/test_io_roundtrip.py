@@ -118,3 +118,13 @@ def test_real_quantize_output(tmp_path):
     assert (ck / "quant_report.json").exists()
     with torch.no_grad(): out = from_quantized(ck, dtype=torch.float32)(IDS).logits
     assert (out - ref).abs().max() <= 1e-3
+
+
+def test_gguf_loaded_config_is_replaced(tmp_path):
+    "A GGUF-loaded model carries a gguf quantization_config: the checkpoint gets ours, the model keeps its own."
+    model = rtn_quantize_model(tiny_llama(hidden=64, inter=128), QuantizeConfig(bits=4, group_size=32))
+    model.config.quantization_config = {"quant_method": "gguf"}
+    ck = save_quantized(model, tmp_path / "ck")
+    assert json.loads((ck / "config.json").read_text())["quantization_config"]["quant_method"] == "gptq"
+    assert model.config.quantization_config == {"quant_method": "gguf"}
+    assert from_quantized(ck, dtype=torch.float32) is not None
