@@ -34,7 +34,7 @@ def pack_rows(x, bits:int, what:str="rows"):
     x = x.to(torch.int64).reshape(R // rows, rows, C)
     if int(x.min()) < 0 or int(x.max()) >= 2**bits:
         raise ValueError(f"codes out of range for {bits} bits: got [{int(x.min())}, {int(x.max())}], need [0, {2**bits - 1}].")
-    out = torch.zeros(R // rows, words, C, dtype=torch.int64)
+    out = torch.zeros(R // rows, words, C, dtype=torch.int64, device=x.device)
     for r in range(rows):
         p = r * bits; w, o = divmod(p, 32)
         out[:, w] |= (x[:, r] << o) & 0xFFFFFFFF
@@ -47,7 +47,7 @@ def unpack_rows(q, bits:int):
     if q.shape[0] % words:
         raise ValueError(f"{q.shape[0]} packed rows is not a multiple of {words}: not a {bits}-bit GPTQ tensor.")
     q = (q.to(torch.int64) & 0xFFFFFFFF).reshape(-1, words, q.shape[1])
-    out = torch.empty(q.shape[0], rows, q.shape[2], dtype=torch.int64)
+    out = torch.empty(q.shape[0], rows, q.shape[2], dtype=torch.int64, device=q.device)
     for r in range(rows):
         p = r * bits; w, o = divmod(p, 32)
         v = q[:, w] >> o
@@ -86,8 +86,9 @@ def convert_qzeros(qzeros, bits:int, src:str, dst:str):
 def make_g_idx(K:int, group_size:int, perm=None, static_groups:bool=False):
     "`g_idx` `[K]` int32 for the plain, act-order (`perm` given) or static-group layout."
     if perm is None or static_groups or group_size == -1: return plain_g_idx(K, group_size)
-    g_idx = torch.empty(K, dtype=torch.int32)
-    g_idx[torch.as_tensor(perm).long()] = torch.arange(K, dtype=torch.int32) // group_size
+    perm = torch.as_tensor(perm).long()
+    g_idx = torch.empty(K, dtype=torch.int32, device=perm.device)
+    g_idx[perm] = torch.arange(K, dtype=torch.int32, device=perm.device) // group_size
     return g_idx
 
 # %% ../nbs/10_pack.ipynb #c017
