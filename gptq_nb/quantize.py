@@ -123,7 +123,7 @@ def _solve_stage(ctx, bi:int, stage_idx:int, names:list, H:Hessian):
         lcfg = cfg.for_module(full)
         if lcfg is None: continue
         mod = ctx["linears"][name]
-        W = linear_weight(mod).detach().float()
+        W = linear_weight(mod).detach().float().clone()   # a copy: the module's weight is overwritten below
         try:
             res = gptq_quantize(W, H.H, lcfg.bits, lcfg.group_size, lcfg.sym, lcfg.desc_act, lcfg.static_groups,
                                 lcfg.damp_percent, lcfg.mse, lcfg.blocksize)
@@ -257,7 +257,7 @@ def _quantize_lm_head(model, batches, config, report, device):
     H = hh.hessian_for("lm_head")
     cfg_full = config.for_module("lm_head")
     if cfg_full is None: return
-    W = head.weight.detach().float()
+    W = head.weight.detach().float().clone()
     res = gptq_quantize(W, H.H, cfg_full.bits, cfg_full.group_size, cfg_full.sym, cfg_full.desc_act,
                         cfg_full.static_groups, cfg_full.damp_percent, cfg_full.mse, cfg_full.blocksize)
     set_linear_weight(head, res.qw.dequantize())
