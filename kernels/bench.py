@@ -159,8 +159,9 @@ def _warm(cfgs):
     import torch
     from gptq_nb.kernels import gemm as G
     L = G.random_gptq(256, 256, device="cuda")
-    x = torch.randn(16, 256, device="cuda", dtype=torch.float16)
-    for cfg in cfgs:
+    for item in cfgs:
+        m, cfg = item if isinstance(item, tuple) else (16, item)
+        x = torch.randn(m, 256, device="cuda", dtype=torch.float16)
         try: G.gptq_gemm(x, L["qweight"], L["qzeros"], L["scales"], None, 4, 128, "gptq", None, cfg)
         except Exception as e: print("warm fail", cfg, e, flush=True)
     torch.cuda.synchronize()
@@ -272,6 +273,66 @@ def tune(records):
     return {card: table}
 
 
+def gemv_cands():
+    out = []
+    for bn, wpi, w in itertools.product((128, 256, 512, 1024), (4, 8, 16), (1, 2, 4, 8)):
+        cols = bn // (32 * w)
+        if 1 <= cols <= 8: out.append(dict(mode="gemv", bn=bn, wpi=wpi, w=w, s=1))
+    return out
+
+
+def check_gemv():
+    log("== check gemv")
+    fails, n = [], 0
+    for bits in (4, 2, 8):
+        for (K, N, gs) in ((1088, 1001, 128), (576, 1536, 32), (4096, 4096, 128), (576, 1536, -1)):
+            for fmt, ao in (("gptq", False), ("gptq_v2", True)):
+                L = layer(K, N, bits, gs, ao, fmt, seed=n)
+                P = G.prepare(**args_of(L))
+                for m, dt in ((1, torch.float16), (2, torch.bfloat16), (3, torch.float16), (4, torch.float16), (8, torch.float16)):
+                    x = torch.randn(m, K, device=dev, dtype=dt)
+                    b = (torch.randn(N, device=dev) * 0.1).to(dt) if m == 3 else None
+                    ref = G.ref_gemm(x, bias=b, **args_of(L))
+                    P.bias = b
+                    wpi = 4 if (gs == 32 and bits == 4) else (2 if gs == 32 else 8)
+                    for cfg in (dict(mode="gemv", bn=256, wpi=wpi, sk=1, w=2), dict(mode="gemv", bn=512, wpi=wpi, sk=4, w=4), None):
+                        y = P(x, cfg); y2 = P(x, cfg); torch.cuda.synchronize()
+                        e = rel(y, ref); n += 1
+                        tol = 2e-3 if dt == torch.float16 else 6e-3
+                        if not (e <= tol and torch.equal(y, y2)):
+                            fails.append((bits, K, N, gs, fmt, ao, m, str(dt), cfg, e)); log("FAIL", fails[-1])
+    log(f"== check gemv: {n} runs, {len(fails)} failures")
+    return dict(runs=n, failures=[str(f) for f in fails])
+
+
+def tune_gemv(records, table):
+    log("== tune gemv (CUDA-graph timing)")
+    t0 = time.time()
+    cands = gemv_cands()
+    precompile([(m, dict(c, sk=sk)) for m in (1, 4) for c in cands for sk in (1, 2)])
+    alltimes = []
+    for m in (1, 4):
+        for setname in ("7B", "70B"):
+            for i, (K, N) in enumerate(SETS[setname]):
+                Ls = copies(layer(K, N, seed=i), n_copies(qbytes(K, N)))
+                x = torch.randn(m, K, device=dev, dtype=torch.float16)
+                key = f"4/{m}/{K}/{N}"
+                prev = table.get(key)
+                best = (safe_graph_time([lambda A=A: G.gptq_gemm(x, config=prev, **A) for A in Ls]), prev)
+                t_prev = best[0]
+                for cand in cands:
+                    for sk in (1, 2, 4, 8, 16, 32):
+                        if K // sk < cand["wpi"] * 8: continue
+                        cfg = dict(cand, sk=sk)
+                        t = safe_graph_time([lambda A=A, cfg=cfg: G.gptq_gemm(x, config=cfg, **A) for A in Ls])
+                        alltimes.append(dict(m=m, K=K, N=N, cfg=cfg, ms=t))
+                        if t < best[0]: best = (t, cfg)
+                table[key] = best[1]
+                del Ls
+                log(f"  m={m} {K}x{N}: dot {t_prev * 1e3:7.1f} us -> best {best[0] * 1e3:7.1f} us {best[1]}  [{time.time() - t0:.0f}s]")
+    records["tune_gemv_all"] = alltimes
+
+
 def host_overhead(fn, n=300):
     "Host microseconds per call, with the GPU kept busy so the queue never drains."
     for _ in range(3): fn()
@@ -347,6 +408,8 @@ def main():
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--tune", action="store_true")
     ap.add_argument("--s1", action="store_true")
+    ap.add_argument("--check-gemv", action="store_true")
+    ap.add_argument("--tune-gemv", action="store_true")
     ap.add_argument("--tuned", default=None)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     a = ap.parse_args()
@@ -365,6 +428,13 @@ def main():
             t = tune(records)
             json.dump(t, open(os.path.join(a.out, f"tuned_{slug}.json"), "w"), indent=1)
             G.load_tuning(t); save()
+        if a.check_gemv: records["check_gemv"] = check_gemv(); save()
+        if a.tune_gemv:
+            card = torch.cuda.get_device_name()
+            table = G.TUNED.setdefault(card, {})
+            tune_gemv(records, table)
+            json.dump({card: table}, open(os.path.join(a.out, f"tuned_{slug}.json"), "w"), indent=1)
+            save()
         if a.s1: s1(records, G.TUNED); save()
     finally:
         save()

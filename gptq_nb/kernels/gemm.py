@@ -264,6 +264,80 @@ def _gptq_dequant_kernel(qw_ptr, qz_ptr, s_ptr, gi_ptr, out_ptr, N, K, stride_z,
     tl.store(out_ptr + offs_k[:, None] * N + offs_n[None, :], w.to(out_ptr.dtype.element_ty), mask=mask2)
 
 # %% ../../nbs/20_kernels.ipynb #c016
+@_jit(do_not_specialize=["M"])
+def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock_ptr,
+                      M, N, K, stride_xm, stride_om, stride_z, k_per_split,
+                      BITS: tl.constexpr, GROUP: tl.constexpr, ZOFF: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      SPLIT: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr, WPI: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    PER: tl.constexpr = 32 // BITS
+    SLOTS: tl.constexpr = 2 if BITS < 8 else 1
+    ROWS: tl.constexpr = WPI * PER
+    M1: tl.constexpr = 1 << BITS
+    HI: tl.constexpr = ((1 << BITS) - 1) << (23 - BITS)
+    LO: tl.constexpr = ((1 << BITS) - 1) << (23 - 2 * BITS)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    offs_m = tl.arange(0, MB)
+    m_mask = offs_m < M
+    x_rows = x_ptr + offs_m * stride_xm
+    y = tl.zeros((MB, BLOCK_N), dtype=tl.float32)
+    k_lo = pid_k * k_per_split
+    for k0 in range(k_lo, k_lo + k_per_split, ROWS):
+        a_hi = tl.zeros((MB, BLOCK_N), dtype=tl.float32)
+        a_lo = tl.zeros((MB, BLOCK_N), dtype=tl.float32)
+        for kw in tl.static_range(WPI):
+            kr = k0 + kw * PER
+            w = tl.load(qw_ptr + (k0 // PER + kw) * N + offs_n, mask=n_mask & (kr < K), other=0)
+            for i in tl.static_range(PER // SLOTS):
+                SH: tl.constexpr = 23 - SLOTS * BITS * (i + 1)
+                if SH >= 0:
+                    c = w << SH
+                else:
+                    c = w >> (-SH)
+                r_hi = kr + SLOTS * i + SLOTS - 1
+                f_hi = ((c & HI) | 0x3F800000).to(tl.float32, bitcast=True)
+                x_hi = tl.load(x_rows + r_hi, mask=m_mask & (r_hi < K), other=0.0).to(tl.float32)
+                a_hi += x_hi[:, None] * f_hi[None, :]
+                if SLOTS == 2:
+                    r_lo = kr + 2 * i
+                    f_lo = ((c & LO) | 0x3F800000).to(tl.float32, bitcast=True)
+                    x_lo = tl.load(x_rows + r_lo, mask=m_mask & (r_lo < K), other=0.0).to(tl.float32)
+                    a_lo += x_lo[:, None] * f_lo[None, :]
+        rows = k0 + tl.arange(0, ROWS)
+        xb = tl.load(x_rows[:, None] + rows[None, :], mask=m_mask[:, None] & (rows < K)[None, :], other=0.0).to(tl.float32)
+        is_hi = (tl.arange(0, ROWS) % SLOTS) == SLOTS - 1
+        X = tl.sum(xb, axis=1)
+        X_hi = tl.sum(tl.where(is_hi[None, :], xb, 0.0), axis=1)
+        grp = k0 // GROUP
+        z = (_field(qz_ptr + grp * stride_z, offs_n, n_mask, 1, BITS) + ZOFF).to(tl.float32)
+        s = tl.load(s_ptr + grp * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        t = M1 * (a_hi - X_hi[:, None])
+        if SLOTS == 2:
+            t += (M1 * M1) * (a_lo - (X - X_hi)[:, None])
+        y += s[None, :] * (t - z[None, :] * X[:, None])
+    out_mask = m_mask[:, None] & n_mask[None, :]
+    o_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    if SPLIT:
+        ws_off = offs_m[:, None] * N + offs_n[None, :]
+        tl.store(ws_ptr + pid_k * M * N + ws_off, y, mask=out_mask)
+        tl.debug_barrier()
+        count = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        if count == tl.num_programs(1) - 1:
+            y = tl.zeros((MB, BLOCK_N), dtype=tl.float32)
+            for s_i in range(0, tl.num_programs(1)):
+                y += tl.load(ws_ptr + s_i * M * N + ws_off, mask=out_mask, other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                y += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+            tl.store(o_ptrs, y.to(out_ptr.dtype.element_ty), mask=out_mask)
+            tl.atomic_xchg(lock_ptr + pid_n, 0)
+    else:
+        if HAS_BIAS:
+            y += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        tl.store(o_ptrs, y.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+# %% ../../nbs/20_kernels.ipynb #c018
 _LOCKS: dict = {}
 
 def _locks(device, n:int):
@@ -288,10 +362,17 @@ def _group(K:int, group_size:int) -> int:
 
 def _pow2_floor(v:int) -> int: return 1 << (max(int(v), 1).bit_length() - 1)
 
-def default_config(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="cuda") -> dict:
+def default_config(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="cuda", gemv:bool=True) -> dict:
     "Heuristic launch config for a shape when the tuning table has none."
     if m > 128: return {"mode": "dequant"}
     g = _group(K, group_size)
+    if gemv and m <= 4 and bits in (2, 4, 8):
+        wpi = 8 if bits != 8 else 16
+        while g % (wpi * 32 // bits) and wpi > 1: wpi //= 2
+        bn = 256
+        tiles = -(-N // bn)
+        sk = max(1, min(_pow2_floor(max(1, 4 * _sms(device) // tiles)), max(1, K // (wpi * 32 // bits))))
+        return dict(mode="gemv", bn=bn, wpi=wpi, sk=sk, w=2, s=1)
     bk = 128
     while g % bk and bk > 16: bk //= 2
     if m <= 16:
@@ -301,7 +382,7 @@ def default_config(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="
         return dict(bm=16, bn=bn, bk=bk, sk=sk, w=4, s=4, u=1, c=1)
     return dict(bm=64, bn=128, bk=min(bk, 64), sk=1, w=4, s=3, u=1, c=1)
 
-# %% ../../nbs/20_kernels.ipynb #c017
+# %% ../../nbs/20_kernels.ipynb #c019
 # Per-card tuning table: card name -> "bits/m/K/N" -> config. Filled from kernels/tuned_<card>.json by kernels/bench.py.
 TUNED: dict = {}
 _M_BUCKETS = (1, 4, 16, 64, 256)
@@ -325,7 +406,7 @@ def pick_config(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="cud
         return {"mode": "dequant"}
     return default_config(m, K, N, bits, group_size, device)
 
-# %% ../../nbs/20_kernels.ipynb #c018
+# %% ../../nbs/20_kernels.ipynb #c020
 def _fused(x2, qweight, qzeros, scales, g_idx, bits, group_size, zoff, bias, cfg):
     "Launch the fused kernel on 2-D x2 [M, K] with launch config `cfg`."
     M, K = x2.shape
@@ -348,6 +429,31 @@ def _fused(x2, qweight, qzeros, scales, g_idx, bits, group_size, zoff, bias, cfg
                           PER_BLOCK=per_block, UNPACK=unpack, CVT=cvt, SPLIT=sk > 1,
                           BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=cfg.get("w", 4), num_stages=cfg.get("s", 3))
     return out
+
+def _gemv(x2, qweight, qzeros, scales, bits, group_size, zoff, bias, cfg):
+    "Launch the CUDA-core decode kernel (m ≤ 8, b ∈ {2, 4, 8}, natural group order)."
+    M, K = x2.shape
+    N = scales.shape[1]
+    bn, wpi = cfg.get("bn", 256), cfg.get("wpi", 8)
+    rows = wpi * (32 // bits)
+    G = _group(K, group_size)
+    if G % rows: raise ValueError(f"gemv config wpi={wpi} covers {rows} rows, which must divide group_size={group_size}.")
+    kps = -(-(-(-K // max(1, cfg.get("sk", 1)))) // rows) * rows
+    sk = -(-K // kps)
+    out = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
+    grid = (-(-N // bn), sk)
+    ws = torch.empty(sk, M, N, dtype=torch.float32, device=x2.device) if sk > 1 else out
+    locks = _locks(x2.device, grid[0]) if sk > 1 else out
+    _gptq_gemv_kernel[grid](x2, qweight, qzeros, scales, bias if bias is not None else out, out, ws, locks,
+                            M, N, K, x2.stride(0), out.stride(0), qzeros.shape[1], kps,
+                            BITS=bits, GROUP=G, ZOFF=zoff, HAS_BIAS=bias is not None, SPLIT=sk > 1,
+                            MB=max(1, 1 << (M - 1).bit_length()), BLOCK_N=bn, WPI=wpi,
+                            num_warps=cfg.get("w", 4), num_stages=cfg.get("s", 1))
+    return out
+
+def _gemv_ok(M, bits, g_idx, K, group_size, cfg):
+    return (M <= 8 and bits in (2, 4, 8) and g_idx is None
+            and _group(K, group_size) % (cfg.get("wpi", 8) * (32 // bits)) == 0)
 
 def dequantize(qweight, qzeros, scales, g_idx=None, bits:int=4, group_size:int=128, checkpoint_format:str="gptq",
                K:int|None=None, dtype=torch.float16):
@@ -378,7 +484,11 @@ def gptq_gemm(x, qweight, qzeros, scales, g_idx=None, bits:int=4, group_size:int
         if bias is not None: y = y + bias.float()
         return y.to(x.dtype).reshape(*lead, N)
     cfg = config or pick_config(M, K, N, bits, group_size, x.device)
-    if cfg.get("mode") == "dequant":
+    if cfg.get("mode") == "gemv" and not _gemv_ok(M, bits, g_idx, K, group_size, cfg):
+        cfg = default_config(M, K, N, bits, group_size, x.device, gemv=False)
+    if cfg.get("mode") == "gemv":
+        y = _gemv(x2, qweight, qzeros, scales, bits, group_size, 1 if checkpoint_format == "gptq" else 0, bias, cfg)
+    elif cfg.get("mode") == "dequant":
         W = dequantize(qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format, K=K, dtype=x.dtype)
         y = torch.addmm(bias.to(x.dtype), x2, W) if bias is not None else x2 @ W
     else:
@@ -386,7 +496,7 @@ def gptq_gemm(x, qweight, qzeros, scales, g_idx=None, bits:int=4, group_size:int
                    1 if checkpoint_format == "gptq" else 0, bias, cfg)
     return y.reshape(*lead, N)
 
-# %% ../../nbs/20_kernels.ipynb #c020
+# %% ../../nbs/20_kernels.ipynb #c022
 class PreparedGPTQ:
     "A GPTQ layer laid out for `gptq_gemm`: natural group order, `perm` to apply to x's last dim (or None)."
     def __init__(self, qweight, qzeros, scales, g_idx, perm, bits, group_size, checkpoint_format, bias, K):
