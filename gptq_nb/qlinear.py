@@ -16,12 +16,12 @@ __all__ = ['AUTO_ORDER', 'register_backend', 'unregister_backend', 'available_ba
            'rtn_quantize_model', 'pack_model', 'set_backend']
 
 # %% ../nbs/11_qlinear.ipynb #c005
-_BACKENDS = {}            # name -> (forward_fn, is_available_fn)
+_BACKENDS = {}            # name -> (forward_fn, is_available_fn, differentiable)
 AUTO_ORDER = ["triton"]   # preferred backends for "auto", best first; "torch" is the final fallback
 
-def register_backend(name:str, forward_fn, is_available_fn=None):
+def register_backend(name:str, forward_fn, is_available_fn=None, differentiable:bool=False):
     "Register `forward_fn(module, x) -> y` as backend `name`; `is_available_fn(module, x)` or `(device)` -> bool."
-    _BACKENDS[name] = (forward_fn, is_available_fn or (lambda module, x: True))
+    _BACKENDS[name] = (forward_fn, is_available_fn or (lambda module, x: True), differentiable)
 
 def unregister_backend(name:str):
     "Remove backend `name` (no error if absent); 'torch' stays."
@@ -40,8 +40,10 @@ def resolve_backend(module, x):
     "The backend name `module` will use for input `x`."
     name = module.backend
     if name == "auto":
+        needs_grad = x.requires_grad and torch.is_grad_enabled()
         for cand in AUTO_ORDER:
-            if cand in _BACKENDS and _is_available(_BACKENDS[cand][1], module, x): return cand
+            if cand in _BACKENDS and (_BACKENDS[cand][2] or not needs_grad) and _is_available(_BACKENDS[cand][1], module, x):
+                return cand
         return "torch"
     if name not in _BACKENDS:
         raise ValueError(f"backend {name!r} is not registered: use 'auto' or one of {available_backends()} "
@@ -65,7 +67,7 @@ def torch_forward(m, x):
     y = x @ W
     return y + m.bias.to(x.dtype) if m.bias is not None else y
 
-register_backend("torch", torch_forward, lambda module, x: True)
+register_backend("torch", torch_forward, lambda module, x: True, differentiable=True)
 
 # %% ../nbs/11_qlinear.ipynb #c009
 def _is_conv1d(m): return type(m).__name__ == "Conv1D" and hasattr(m, "nf")
