@@ -76,7 +76,7 @@ class QuantizeConfig:
         for k, ov in (self.dynamic or {}).items():
             neg = k.startswith("-:")
             pat = k[2:] if k[:2] in ("+:", "-:") else k
-            if re.search(pat, name):
+            if re.match(pat, name):
                 return None if neg else QuantizeConfig(**{**self.core_dict(), **ov})
         return self
 
@@ -100,7 +100,7 @@ def _minmax_params(xmin, xmax, maxq, sym):
         xmin = torch.where(xmin < 0, -xmax, torch.zeros_like(xmin))
     empty = (xmin == 0) & (xmax == 0)
     xmin, xmax = torch.where(empty, -1.0, xmin), torch.where(empty, 1.0, xmax)
-    scale = (xmax - xmin) / maxq
+    scale = ((xmax - xmin) / maxq).half().float().clamp_min(2 ** -24)   # exactly what an fp16 checkpoint stores
     zero = torch.full_like(scale, (maxq + 1) / 2) if sym else torch.round(-xmin / scale)
     return scale, zero
 

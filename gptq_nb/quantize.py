@@ -36,22 +36,26 @@ class QuantReport:
     def _repr_html_(self): return f"<p>{repr(self)}</p>" + self.table._repr_html_()
 
     def save(self, path):
-        "Write `quant_report.json` and `quant_report_layers.safetensors` into directory `path`."
+        "Write `quant_report/report.json` and `quant_report/layers.safetensors` under directory `path`."
         from safetensors.torch import save_file
-        path = Path(path); path.mkdir(parents=True, exist_ok=True)
+        path = Path(path) / "quant_report"; path.mkdir(parents=True, exist_ok=True)
         doc = dict(config=self.config.to_dict() | self.config.core_dict(), summary=self.summary, rows=self.rows)
-        (path / "quant_report.json").write_text(json.dumps(doc, indent=1, default=float))
+        (path / "report.json").write_text(json.dumps(doc, indent=1, default=float))
         flat = {f"{n}::{k}": v.contiguous().cpu() for n, d in self.layers.items() for k, v in d.items() if v is not None}
-        save_file(flat, str(path / "quant_report_layers.safetensors"))
+        save_file(flat, str(path / "layers.safetensors"))
 
     @classmethod
     def load(cls, path):
         "Read a report written by `save` (e.g. from a checkpoint directory)."
         from safetensors.torch import load_file
         path = Path(path)
-        doc = json.loads((path / "quant_report.json").read_text())
+        if (path / "quant_report").is_dir(): path = path / "quant_report"
+        if not (path / "report.json").exists():
+            raise FileNotFoundError(f"no quant_report/report.json under {path}: save one with report.save(dir), or pass "
+                                    "report= to save_quantized.")
+        doc = json.loads((path / "report.json").read_text())
         layers = {}
-        f = path / "quant_report_layers.safetensors"
+        f = path / "layers.safetensors"
         for k, v in (load_file(str(f)) if f.exists() else {}).items():
             n, field = k.split("::"); layers.setdefault(n, {})[field] = v
         return cls(QuantizeConfig.from_dict(doc["config"]), doc["rows"], layers, doc["summary"])
