@@ -32,12 +32,8 @@ def _ui():
 def as_report(report):
     "`report` itself, or `QuantReport.load(report)` when given a directory (a saved checkpoint with its report)."
     if isinstance(report, (str, Path)):
-        p = Path(report)
-        if not (p / "quant_report.json").exists():
-            raise FileNotFoundError(f"No quant_report.json in {p}: pass the directory that `QuantReport.save` "
-                                    "(or `save_quantized(..., report=...)`) wrote, or the report object itself.")
         from gptq_nb.quantize import QuantReport
-        return QuantReport.load(p)
+        return QuantReport.load(report)  # says which file is missing and how to write it
     if not hasattr(report, "table"):
         raise TypeError(f"Expected a QuantReport (with .table/.layers) or a directory, got {type(report).__name__}.")
     return report
@@ -235,6 +231,11 @@ def _np(x):
     x = x.detach().cpu()
     return (x.float() if x.is_floating_point() else x).numpy()
 
+def _json_safe(a):
+    "Nested lists with `None` for NaN/Inf: widget messages are strict JSON, and plotly draws `None` as a gap."
+    a = np.asarray(a, dtype=float)
+    return np.where(np.isfinite(a), a, None).tolist()
+
 def layer_explorer(report, metric:str="loss", log:bool=True, layer:str|None=None, static:bool|None=None):
     "Heat-strip of every linear (block × projection) coloured by `metric`, and the detail of the selected `layer`."
     W, go = _ui()
@@ -271,7 +272,7 @@ def layer_explorer(report, metric:str="loss", log:bool=True, layer:str|None=None
         blocks, modules, z, names = metric_grid(table(), c_metric.value, c_log.value)
         with strip.fig.batch_update():
             h = strip.fig.data[0]
-            h.z, h.x, h.y, h.customdata = z, blocks, [short_module(m) for m in modules], names
+            h.z, h.x, h.y, h.customdata = _json_safe(z), blocks, [short_module(m) for m in modules], names
             h.colorbar.title.text = ("log10 " if c_log.value else "") + c_metric.value
             strip.fig.layout.title.text = f"{METRICS[c_metric.value]}{' (log10)' if c_log.value else ''} — click a cell"
         mark_selected(); strip.refresh()
@@ -295,7 +296,7 @@ def layer_explorer(report, metric:str="loss", log:bool=True, layer:str|None=None
             d[3].x = np.arange(len(hd)) if hd is not None else []; d[3].y = _np(hd) if hd is not None else []
             d[4].x = np.arange(len(perm)) if perm is not None and hd is not None else []
             d[4].y = _np(hd)[_np(perm)] if perm is not None and hd is not None else []
-            d[5].y = [float(row.rtn_loss.iloc[0]), float(row.loss.iloc[0])] if len(row) else []
+            d[5].y = _json_safe([row.rtn_loss.iloc[0], row.loss.iloc[0]]) if len(row) else []
             detail.fig.layout.title.text = name or "no layer yet"
         if len(row):
             r = row.iloc[0]
@@ -333,7 +334,7 @@ def layer_explorer(report, metric:str="loss", log:bool=True, layer:str|None=None
     update()
     return P
 
-# %% ../nbs/40_dashboard.ipynb #c035
+# %% ../nbs/40_dashboard.ipynb #c037
 def outlier_mask(x, k:float=3.5):
     "Robust outliers of `x`: `|x − median| > k · 1.4826 · MAD` (k = 3.5 flags ~0.05% of a normal sample)."
     x = np.asarray(x, dtype=float)
@@ -351,7 +352,7 @@ def group_values(report, key:str, what:str="scales"):
         return np.concatenate(arrs) if arrs else np.zeros(0)
     return _np(L[key][what]).ravel() if key in L and what in L[key] else np.zeros(0)
 
-# %% ../nbs/40_dashboard.ipynb #c037
+# %% ../nbs/40_dashboard.ipynb #c039
 def _outlier_text(report, key, what, k, top=5):
     "The largest outlier groups of layer `key` as an HTML line: (group, output channel, value)."
     if key.startswith("block ") or key not in _layers(report): return ""
@@ -414,14 +415,14 @@ def scale_histograms(report, other=None, labels=("A", "B"), what:str="scales", b
     draw, set_by = P.timed("hist", draw), P.timed("hist", set_by)
     c_by.observe(set_by, "value")
     for c in (c_what, c_key, c_k, c_logy): c.observe(draw, "value")
-    c_key.options = keys(by)
-    if key is not None: c_key.value = key
+    c_key.options = keys(by)   # ipywidgets 8 leaves the value None after new options: pick one
+    c_key.value = key if key is not None else (c_key.options[0] if c_key.options else None)
     draw()
     P.box = W.VBox([W.HBox([c_by, c_what]), W.HBox([c_key, c_k, c_logy]), hist.widget, info])
     P.box.add_class("gptq-hist")
     return P
 
-# %% ../nbs/40_dashboard.ipynb #c041
+# %% ../nbs/40_dashboard.ipynb #c043
 def packed_bytes(K:int, N:int, bits:int, group_size:int):
     "Bytes of a GPTQ linear's `qweight`, `qzeros`, `scales` (fp16) and `g_idx` for `K` inputs, `N` outputs."
     G = n_groups(K, group_size)
@@ -442,7 +443,7 @@ def size_table(report):
     g["bits_per_weight"] = 8 * g.packed_bytes / g.weights
     return g
 
-# %% ../nbs/40_dashboard.ipynb #c044
+# %% ../nbs/40_dashboard.ipynb #c046
 TIME_SUFFIXES = ("_us", "_ms", "tokens_per_s", "ratio")
 
 def find_bench_files(start=None):
@@ -476,7 +477,7 @@ def bench_columns(df):
     "The timing columns of a benchmark table."
     return [c for c in df.columns if c.endswith(TIME_SUFFIXES) and pd.api.types.is_numeric_dtype(df[c])]
 
-# %% ../nbs/40_dashboard.ipynb #c046
+# %% ../nbs/40_dashboard.ipynb #c048
 def _mb(x): return f"{x / 2**20:,.2f} MiB"
 
 def speed_size_panel(report, bench=None, static:bool|None=None):
@@ -523,8 +524,9 @@ def speed_size_panel(report, bench=None, static:bool|None=None):
                      f"(×{s['size_fp_bytes'] / s['size_q_bytes']:.2f} smaller).")
     if ppl: lines.append("Perplexity: " + ", ".join(f"{k.upper()} {v:.3f}" for k, v in ppl.items())
                          + (f" ({s['ppl_protocol']})" if s.get("ppl_protocol") else "") + ".")
+    ntok = s.get("tokens") or s.get("calibration_tokens")
     if s.get("seconds") is not None:
-        lines.append(f"Quantization took {s['seconds']:.1f} s" + (f" on {s['tokens']:,} calibration tokens." if s.get("tokens") else "."))
+        lines.append(f"Quantization took {s['seconds']:.1f} s" + (f" on {ntok:,} calibration tokens." if ntok else "."))
     info = W.HTML("<br>".join(lines))
     figs, children = dict(size=size), [c_view, size.widget, info]
     if bench is not None and bench_columns(bench):
@@ -546,7 +548,7 @@ def speed_size_panel(report, bench=None, static:bool|None=None):
     P.box = W.VBox(children); P.box.add_class("gptq-size")
     return P
 
-# %% ../nbs/40_dashboard.ipynb #c049
+# %% ../nbs/40_dashboard.ipynb #c051
 def stored_layers(store_dir):
     "Names of the layers whose `W`/`H` are in `store_dir`."
     return sorted(p.name[:-len(".safetensors")] for p in Path(store_dir).glob("*.safetensors"))
@@ -569,7 +571,7 @@ def overrides_to_dynamic(overrides:dict):
     "`{layer name: {field: value}}` -> `QuantizeConfig.dynamic` rules that match exactly those layers."
     return {f"+:^{re.escape(n)}$": dict(ov) for n, ov in overrides.items()}
 
-# %% ../nbs/40_dashboard.ipynb #c051
+# %% ../nbs/40_dashboard.ipynb #c053
 def what_if(report, store_dir, layer:str|None=None, base_config=None, static:bool|None=None):
     "Pick a layer and settings, re-quantize it from `store_dir`, compare losses; collect overrides into `dynamic`."
     W, go = _ui()
@@ -642,7 +644,7 @@ def what_if(report, store_dir, layer:str|None=None, base_config=None, static:boo
     P.box.add_class("gptq-whatif")
     return P
 
-# %% ../nbs/40_dashboard.ipynb #c055
+# %% ../nbs/40_dashboard.ipynb #c057
 def _save_fn():
     "`gptq_nb.io.save_quantized`, or `None` when this install has no `gptq_nb.io`."
     try: from gptq_nb.io import save_quantized
@@ -675,7 +677,7 @@ def export_panel(model=None, out_dir="quantized", config=None, tokenizer=None, r
         status.value = f"writing {html.escape(str(d))} …"
         try:
             save(model, d, config=config, tokenizer=tokenizer, report=report)
-            if report is not None and not (d / "quant_report.json").exists(): report.save(d)
+            if report is not None and not (d / "quant_report").is_dir(): report.save(d)  # writers that don't take report=
         except Exception as e:
             status.value = f"<b>export failed</b>: {html.escape(type(e).__name__)}: {html.escape(str(e))}"
             return
@@ -686,7 +688,7 @@ def export_panel(model=None, out_dir="quantized", config=None, tokenizer=None, r
     P.box.add_class("gptq-export")
     return P
 
-# %% ../nbs/40_dashboard.ipynb #c059
+# %% ../nbs/40_dashboard.ipynb #c061
 def count_linears(model):
     "Linears `quantize` will solve in `model`'s decoder blocks (the progress bar's total)."
     from gptq_nb.model import find_blocks, find_linears
@@ -723,7 +725,7 @@ def live_dashboard(total:int|None=None, model=None, metric:str="loss", every:flo
     P.box.add_class("gptq-live")
     return P
 
-# %% ../nbs/40_dashboard.ipynb #c063
+# %% ../nbs/40_dashboard.ipynb #c065
 def dashboard(report, other=None, labels=("this run", "other run"), store_dir=None, model=None, tokenizer=None,
               out_dir="quantized", bench=None, static:bool|None=None):
     "Tabs: layer explorer, group scales, speed & size, what-if (with `store_dir`), export (with `model`)."
