@@ -97,6 +97,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'gptq_nb.gptq': { 'gptq_nb.gptq.GPTQResult': ('gptq.html#gptqresult', 'gptq_nb/gptq.py'),
                               'gptq_nb.gptq.gptq_quantize': ('gptq.html#gptq_quantize', 'gptq_nb/gptq.py'),
                               'gptq_nb.gptq.inverse_cholesky': ('gptq.html#inverse_cholesky', 'gptq_nb/gptq.py'),
+                              'gptq_nb.gptq.processing_order': ('gptq.html#processing_order', 'gptq_nb/gptq.py'),
                               'gptq_nb.gptq.proxy_loss': ('gptq.html#proxy_loss', 'gptq_nb/gptq.py')},
             'gptq_nb.hessian': { 'gptq_nb.hessian.Hessian': ('hessian.html#hessian', 'gptq_nb/hessian.py'),
                                  'gptq_nb.hessian.Hessian.__init__': ('hessian.html#hessian.__init__', 'gptq_nb/hessian.py'),

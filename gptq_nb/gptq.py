@@ -11,7 +11,7 @@ from .quant import (QuantizedWeight, check_bits_group, grid_params, quantize_cod
                            rtn_quantize, n_groups, plain_g_idx)
 
 # %% auto #0
-__all__ = ['inverse_cholesky', 'GPTQResult', 'proxy_loss', 'gptq_quantize']
+__all__ = ['inverse_cholesky', 'GPTQResult', 'proxy_loss', 'processing_order', 'gptq_quantize']
 
 # %% ../nbs/03_gptq.ipynb #c005
 def inverse_cholesky(H, damp_percent:float=0.01, max_tries:int=12):
@@ -45,9 +45,20 @@ def proxy_loss(W, What, H):
     return float(((dW @ H.float()) * dW).sum())
 
 # %% ../nbs/03_gptq.ipynb #c010
+def processing_order(h_diag, K:int, group_size:int, desc_act:bool, act_group_aware:bool):
+    "Column order for the solver (`None` = natural): act-order, or group-aware act-order that keeps groups whole."
+    if desc_act: return torch.argsort(h_diag, descending=True, stable=True)
+    if not act_group_aware or group_size == -1: return None
+    gid = torch.arange(K, device=h_diag.device) // group_size
+    G = int(gid[-1]) + 1
+    gmax = torch.full((G,), -float("inf"), device=h_diag.device, dtype=h_diag.dtype).scatter_reduce(0, gid, h_diag, "amax")
+    return torch.cat([torch.nonzero(gid == gi)[:, 0][torch.argsort(h_diag[gid == gi], descending=True, stable=True)]
+                      for gi in torch.argsort(gmax, descending=True, stable=True).tolist()])
+
+# %% ../nbs/03_gptq.ipynb #c014
 def gptq_quantize(W, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act:bool=False,
                   static_groups:bool=False, damp_percent:float=0.01, mse:float=0.0, blocksize:int=128,
-                  dtype=torch.float32, rtn:bool=True):
+                  dtype=torch.float32, rtn:bool=True, act_group_aware:bool=False):
     "Quantize `W` `[N, K]` given its input Hessian `H` `[K, K]` with GPTQ; returns a `GPTQResult`."
     check_bits_group(bits, group_size)
     t0 = time.perf_counter()
@@ -61,27 +72,31 @@ def gptq_quantize(W, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act:
     W, H = W.to(dtype).clone(), H.to(W.device, dtype).clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1; W[:, dead] = 0
-    static = [grid_params(W[:, i:i+g], bits, sym, mse) for i in range(0, K, g)] if static_groups else None
-    perm = torch.argsort(torch.diag(H), descending=True, stable=True) if desc_act else None
+    G = n_groups(K, group_size)
+    scales, zeros = torch.zeros(G, N, dtype=dtype, device=W.device), torch.zeros(G, N, dtype=dtype, device=W.device)
+    if static_groups:
+        for gi in range(G):
+            s, z = grid_params(W[:, gi*g:(gi+1)*g], bits, sym, mse); scales[gi], zeros[gi] = s[:, 0], z[:, 0]
+    perm = processing_order(torch.diag(H), K, g, desc_act, act_group_aware)
     if perm is not None: W, H = W[:, perm], H[perm][:, perm]
+    # group of each processing position: by position under act-order, else the original column's group
+    natural = torch.arange(K) if perm is None else perm.cpu()
+    gpos = (torch.arange(K) // g if desc_act and not static_groups else natural // g).tolist()
+    gsize = torch.bincount(torch.tensor(gpos), minlength=G).tolist()
     U, damp = inverse_cholesky(H, damp_percent)
     del H
-    G = n_groups(K, group_size)
     codes = torch.zeros_like(W)
-    scales, zeros = torch.zeros(G, N, dtype=dtype, device=W.device), torch.zeros(G, N, dtype=dtype, device=W.device)
-    for gi, (s, z) in enumerate(static or []): scales[gi], zeros[gi] = s[:, 0], z[:, 0]
     for i1 in range(0, K, blocksize):
         i2 = min(i1 + blocksize, K)
         W1, Err1, U1 = W[:, i1:i2].clone(), torch.zeros(N, i2 - i1, dtype=dtype, device=W.device), U[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            col = i1 + i
-            if static is not None:
-                gi = (int(perm[col]) if perm is not None else col) // g
-                s, z = scales[gi, :, None], zeros[gi, :, None]
-            elif col % g == 0:
-                ahead = W[:, i2:col + g] - Err1[:, :i] @ U[i1:col, i2:col + g]   # + this block's pending updates
-                s, z = grid_params(torch.cat([W1[:, i:], ahead], 1)[:, :g], bits, sym, mse)
-                scales[col // g], zeros[col // g] = s[:, 0], z[:, 0]
+            col, gi = i1 + i, gpos[i1 + i]
+            if not static_groups and (col == 0 or gpos[col - 1] != gi):   # first column of a group: choose its grid
+                n = gsize[gi]
+                ahead = W[:, i2:col + n] - Err1[:, :i] @ U[i1:col, i2:col + n]   # + this block's pending updates
+                s, z = grid_params(torch.cat([W1[:, i:], ahead], 1)[:, :n], bits, sym, mse)
+                scales[gi], zeros[gi] = s[:, 0], z[:, 0]
+            s, z = scales[gi, :, None], zeros[gi, :, None]
             w = W1[:, i:i+1]
             q = quantize_codes(w, s, z, maxq)
             codes[:, col] = q[:, 0]
@@ -89,12 +104,8 @@ def gptq_quantize(W, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act:
             W1[:, i:] -= err * U1[i:i+1, i:]
             Err1[:, i] = err[:, 0]
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
-    if perm is None: g_idx = plain_g_idx(K, group_size)
-    elif static is not None: g_idx = plain_g_idx(K, group_size)
-    else:
-        g_idx = torch.empty(K, dtype=torch.int32); g_idx[perm.cpu()] = plain_g_idx(K, group_size)
-        inv = torch.argsort(perm); codes = codes[:, inv]
-    if perm is not None and static is not None: codes = codes[:, torch.argsort(perm)]
+    g_idx = torch.empty(K, dtype=torch.int32); g_idx[natural] = torch.tensor(gpos, dtype=torch.int32)
+    if perm is not None: codes = codes[:, torch.argsort(perm)]
     qw = QuantizedWeight(codes.to(torch.uint8), scales.float(), zeros.float(), g_idx.to(W.device), bits, group_size, sym,
                          perm)
     H0 = H0.to(W.device)

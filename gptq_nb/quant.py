@@ -35,6 +35,7 @@ class QuantizeConfig:
     damp_percent: float = 0.01     # dampening added to H's diagonal, as a fraction of its mean
     static_groups: bool = False    # with act-order: fix each group's scale/zero before solving, in natural order
     true_sequential: bool = True   # within a block, later linears see the already-quantized earlier ones
+    act_group_aware: bool = True   # without desc_act: process whole groups by importance (g_idx stays k // g)
     lm_head: bool = False          # also quantize the output head
     checkpoint_format: str = "gptq"  # "gptq" (zeros stored minus one) or "gptq_v2"
     mse: float = 0.0               # >0: search a clipped range minimising |w - q(w)|^mse per group (2.4 is a good norm)
@@ -61,7 +62,8 @@ class QuantizeConfig:
         "The `quantize_config.json` dict (also `config.json['quantization_config']`)."
         d = dict(bits=self.bits, group_size=self.group_size, desc_act=self.desc_act, sym=self.sym,
                  lm_head=self.lm_head, true_sequential=self.true_sequential, static_groups=self.static_groups,
-                 damp_percent=self.damp_percent, quant_method="gptq", checkpoint_format=self.checkpoint_format)
+                 damp_percent=self.damp_percent, quant_method="gptq", checkpoint_format=self.checkpoint_format,
+                 act_group_aware=self.act_group_aware and not self.desc_act)
         if self.dynamic: d["dynamic"] = self.dynamic
         return d
 

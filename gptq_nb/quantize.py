@@ -130,7 +130,7 @@ def _solve_stage(ctx, bi:int, stage_idx:int, names:list, H:Hessian):
         W = linear_weight(mod).detach().float().clone()   # a copy: the module's weight is overwritten below
         try:
             res = gptq_quantize(W, H.H, lcfg.bits, lcfg.group_size, lcfg.sym, lcfg.desc_act, lcfg.static_groups,
-                                lcfg.damp_percent, lcfg.mse, lcfg.blocksize)
+                                lcfg.damp_percent, lcfg.mse, lcfg.blocksize, act_group_aware=lcfg.act_group_aware)
         except ValueError as e: raise ValueError(f"{full}: {e}") from None
         if ctx["store_dir"] is not None:
             from safetensors.torch import save_file
@@ -263,7 +263,8 @@ def _quantize_lm_head(model, batches, config, report, device):
     if cfg_full is None: return
     W = head.weight.detach().float().clone()
     res = gptq_quantize(W, H.H, cfg_full.bits, cfg_full.group_size, cfg_full.sym, cfg_full.desc_act,
-                        cfg_full.static_groups, cfg_full.damp_percent, cfg_full.mse, cfg_full.blocksize)
+                        cfg_full.static_groups, cfg_full.damp_percent, cfg_full.mse, cfg_full.blocksize,
+                        act_group_aware=cfg_full.act_group_aware)
     set_linear_weight(head, res.qw.dequantize())
     head.gptq_result = res.qw
     row, tensors = layer_record("lm_head", -1, "lm_head", 0, W, H.H, H.n, res, cfg_full)
