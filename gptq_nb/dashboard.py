@@ -12,10 +12,11 @@ import torch
 
 # %% auto #0
 __all__ = ['MODULE_ORDER', 'LLAMA_SHAPES', 'STAGES', 'METRICS', 'TIME_SUFFIXES', 'as_report', 'module_order', 'short_module',
-           'pooled_error', 'group_rel_error', 'synthetic_report', 'want_static', 'LiveFigure', 'Panel', 'metric_grid',
-           'layer_explorer', 'outlier_mask', 'group_values', 'scale_histograms', 'packed_bytes', 'size_table',
-           'find_bench_files', 'load_bench', 'bench_columns', 'speed_size_panel', 'stored_layers', 'requantize_layer',
-           'overrides_to_dynamic', 'what_if', 'export_panel', 'count_linears', 'live_dashboard', 'dashboard']
+           'pooled_error', 'group_rel_error', 'solver_kwargs', 'synthetic_report', 'want_static', 'LiveFigure', 'Panel',
+           'metric_grid', 'layer_explorer', 'outlier_mask', 'group_values', 'scale_histograms', 'packed_bytes',
+           'size_table', 'find_bench_files', 'load_bench', 'bench_columns', 'speed_size_panel', 'stored_layers',
+           'requantize_layer', 'overrides_to_dynamic', 'what_if', 'export_panel', 'count_linears', 'live_dashboard',
+           'dashboard']
 
 # %% ../nbs/40_dashboard.ipynb #c005
 def _ui():
@@ -84,6 +85,12 @@ def _new_report(config, rows, layers, summary):
     return QuantReport(config, rows, layers, summary)
 
 # %% ../nbs/40_dashboard.ipynb #c016
+def solver_kwargs(config:QuantizeConfig):
+    "The fields of `config` that `gptq_quantize` takes, by name: what `quantize` hands the solver for one layer."
+    import inspect
+    params = inspect.signature(gptq_quantize).parameters
+    return {k: v for k, v in config.core_dict().items() if k in params}
+
 LLAMA_SHAPES = {"self_attn.q_proj": ("h", "h"), "self_attn.k_proj": ("h", "kv"), "self_attn.v_proj": ("h", "kv"),
                 "self_attn.o_proj": ("h", "h"), "mlp.gate_proj": ("h", "i"), "mlp.up_proj": ("h", "i"),
                 "mlp.down_proj": ("i", "h")}  # module -> (inputs K, outputs N)
@@ -93,7 +100,7 @@ STAGES = {"self_attn.q_proj": 0, "self_attn.k_proj": 0, "self_attn.v_proj": 0, "
 def _synthetic_layer(name:str, W, H, config:QuantizeConfig, nsamples:int=0, block:int=0, module:str="", stage:int=0):
     "Quantize `W` with GPTQ given `H` and return `(row, tensors)`: one report row and its small tensors."
     c = config
-    r = gptq_quantize(W, H, c.bits, c.group_size, c.sym, c.desc_act, c.static_groups, c.damp_percent, c.mse, c.blocksize)
+    r = gptq_quantize(W, H, **solver_kwargs(c))
     Wq = r.qw.dequantize(); Wr = rtn_quantize(W, c.bits, c.group_size, c.sym, c.mse).dequantize()
     N, K = W.shape; G = n_groups(K, c.group_size)
     gi_plain = torch.arange(K) // (K if c.group_size == -1 else c.group_size)
@@ -178,7 +185,9 @@ class LiveFigure:
     def refresh(self):
         "Show the current figure (a no-op for a `FigureWidget`, which is already in sync)."
         if not self.static: return
+        from IPython import get_ipython
         from IPython.display import display
+        if getattr(get_ipython(), "kernel", None) is None: return  # no frontend (tests, scripts): nothing to show
         self.widget.clear_output(wait=True)
         with self.widget: display(self.fig)
 
@@ -256,15 +265,16 @@ def layer_explorer(report, metric:str="loss", log:bool=True, layer:str|None=None
                                              xaxis=dict(title="block", dtick=1), yaxis=dict(autorange="reversed"))), static)
     det = make_subplots(2, 2, subplot_titles=("|W − Ŵ| (pooled, rows = outputs)", "relative error per group",
                                                "Hessian diagonal (input importance)", "proxy loss"),
-                        vertical_spacing=0.16, horizontal_spacing=0.12)
-    det.add_trace(go.Heatmap(colorscale="Magma", colorbar=dict(len=0.42, y=0.79, x=0.45, thickness=10)), 1, 1)
+                        vertical_spacing=0.16, horizontal_spacing=0.2)
+    det.add_trace(go.Heatmap(colorscale="Magma", colorbar=dict(len=0.42, y=0.79, x=0.41, thickness=10)), 1, 1)
     det.add_trace(go.Bar(name="GPTQ", marker_color="#1f77b4"), 1, 2)
     det.add_trace(go.Bar(name="RTN", marker_color="#ff7f0e"), 1, 2)
     det.add_trace(go.Scatter(name="by column", mode="markers", marker=dict(size=4, color="#2ca02c")), 2, 1)
-    det.add_trace(go.Scatter(name="act-order (solve order)", mode="lines", line=dict(color="#d62728")), 2, 1)
+    det.add_trace(go.Scatter(name="in solve order", mode="lines", line=dict(color="#d62728")), 2, 1)
     det.add_trace(go.Bar(x=["RTN", "GPTQ"], marker_color=["#ff7f0e", "#1f77b4"], showlegend=False), 2, 2)
     det.update_layout(height=560, margin=dict(l=50, r=20, t=60, b=40), barmode="group", legend=dict(orientation="h", y=-0.08))
     det.update_yaxes(type="log", row=2, col=1); det.update_yaxes(autorange="reversed", row=1, col=1)
+    det.update_xaxes(type="category", row=2, col=2)
     detail = LiveFigure(det, static)
     info = W.HTML()
 
@@ -296,7 +306,7 @@ def layer_explorer(report, metric:str="loss", log:bool=True, layer:str|None=None
             d[3].x = np.arange(len(hd)) if hd is not None else []; d[3].y = _np(hd) if hd is not None else []
             d[4].x = np.arange(len(perm)) if perm is not None and hd is not None else []
             d[4].y = _np(hd)[_np(perm)] if perm is not None and hd is not None else []
-            d[5].y = _json_safe([row.rtn_loss.iloc[0], row.loss.iloc[0]]) if len(row) else []
+            d[5].x, d[5].y = ["RTN", "GPTQ"], _json_safe([row.rtn_loss.iloc[0], row.loss.iloc[0]]) if len(row) else []
             detail.fig.layout.title.text = name or "no layer yet"
         if len(row):
             r = row.iloc[0]
@@ -377,8 +387,8 @@ def scale_histograms(report, other=None, labels=("A", "B"), what:str="scales", b
     for i in range(len(reps)):
         fig.add_trace(go.Bar(name="groups", marker_color="#7f7f7f", showlegend=i == 0), 1, i + 1)
         fig.add_trace(go.Bar(name="outlier groups", marker_color="#d62728", showlegend=i == 0), 1, i + 1)
-    fig.update_layout(barmode="stack", bargap=0.05, height=340, margin=dict(l=50, r=20, t=50, b=40),
-                      legend=dict(orientation="h", y=1.15))
+    fig.update_layout(barmode="stack", bargap=0.05, height=360, margin=dict(l=50, r=20, t=80, b=40),
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.12, yanchor="bottom"))
     hist = LiveFigure(fig, static)
     info = W.HTML()
 
@@ -401,7 +411,7 @@ def scale_histograms(report, other=None, labels=("A", "B"), what:str="scales", b
                     tr.x, tr.y, tr.width = centers, n, width
                 lines.append(f"<b>{html.escape(labels[i])}</b>: {v.size} groups, {int(m.sum())} outliers "
                              f"({m.mean() if v.size else 0:.2%}). {_outlier_text(reps[i], c_key.value or '', c_what.value, c_k.value)}")
-            hist.fig.layout.yaxis.type = "log" if c_logy.value else "linear"
+            hist.fig.update_yaxes(type="log" if c_logy.value else "linear")
             hist.fig.layout.title.text = f"{c_what.value} of {c_key.value}"
         info.value = "<br>".join(lines); hist.refresh()
 
@@ -553,18 +563,19 @@ def stored_layers(store_dir):
     "Names of the layers whose `W`/`H` are in `store_dir`."
     return sorted(p.name[:-len(".safetensors")] for p in Path(store_dir).glob("*.safetensors"))
 
-def requantize_layer(store_dir, name:str, bits:int=4, group_size:int=128, sym:bool=True, desc_act:bool=False,
-                     static_groups:bool=False, damp_percent:float=0.01, mse:float=0.0):
-    "Re-solve layer `name` from its stored `W`/`H` with these settings: a dict of settings, loss, RTN loss, rel. error, seconds."
+def requantize_layer(store_dir, name:str, config:QuantizeConfig|None=None, **overrides):
+    "Re-solve layer `name` from its stored `W`/`H` with `config` (its `dynamic` rule for `name` applied) and `overrides`."
     from safetensors.torch import load_file
     f = Path(store_dir) / f"{name}.safetensors"
     if not f.exists():
         raise FileNotFoundError(f"No stored weight/Hessian for {name!r} in {store_dir}: run quantize(..., store_dir="
                                 f"{str(store_dir)!r}) to keep them (what-if needs W and H).")
+    base = config or QuantizeConfig()
+    cfg = QuantizeConfig(**{**(base.for_module(name) or base).core_dict(), **overrides})
     t = load_file(str(f)); W, H = t["W"].float(), t["H"].float()
-    r = gptq_quantize(W, H, bits, group_size, sym, desc_act, static_groups, damp_percent, mse)
+    r = gptq_quantize(W, H, **solver_kwargs(cfg))
     rel = float((W - r.qw.dequantize()).norm() / W.norm().clamp_min(1e-30))
-    return dict(name=name, bits=bits, group_size=group_size, sym=sym, desc_act=desc_act, loss=r.loss,
+    return dict(name=name, bits=cfg.bits, group_size=cfg.group_size, sym=cfg.sym, desc_act=cfg.desc_act, loss=r.loss,
                 rtn_loss=r.rtn_loss, rel_err=rel, damp=r.damp, seconds=r.seconds)
 
 def overrides_to_dynamic(overrides:dict):
@@ -582,7 +593,8 @@ def what_if(report, store_dir, layer:str|None=None, base_config=None, static:boo
     base = base_config or getattr(rep, "config", None) or QuantizeConfig()
     c_layer = W.Dropdown(options=names, value=layer or names[0], description="layer", layout=W.Layout(width="420px"))
     c_bits = W.Dropdown(options=[2, 3, 4, 8], value=base.bits, description="bits", layout=W.Layout(width="140px"))
-    c_group = W.Dropdown(options=[("per channel", -1), 32, 64, 128, 256], value=base.group_size, description="group",
+    c_group = W.Dropdown(options=[("per channel", -1)] + [(str(g), g) for g in (32, 64, 128, 256, 1024)],
+                         value=base.group_size, description="group",
                          layout=W.Layout(width="200px"))
     c_act = W.Checkbox(value=base.desc_act, description="act-order", indent=False)
     c_sym = W.Checkbox(value=base.sym, description="symmetric", indent=False)
@@ -609,8 +621,8 @@ def what_if(report, store_dir, layer:str|None=None, base_config=None, static:boo
         res.refresh()
 
     def run(*_):
-        r = requantize_layer(store_dir, c_layer.value, c_bits.value, c_group.value, c_sym.value, c_act.value,
-                             base.static_groups, base.damp_percent, base.mse)
+        r = requantize_layer(store_dir, c_layer.value, base, bits=c_bits.value, group_size=c_group.value,
+                             sym=c_sym.value, desc_act=c_act.value)
         state["trials"].append(r); row = t[t.name == c_layer.value]
         ref = float(row.loss.iloc[0]) if len(row) else float("nan")
         info.value = (f"{html.escape(c_layer.value)}: loss {ref:.4g} (report) → <b>{r['loss']:.4g}</b> "
