@@ -207,8 +207,11 @@ def _gptq_mm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, gi_ptr, b_ptr, out_ptr, ws_ptr
             g_mask = n_mask & (k0 < K)   # the last split may step past K: never read a group that isn't there
             z = _field(qz_ptr + grp * stride_z, offs_n, g_mask, 1, BITS) + ZOFF
             s = tl.load(s_ptr + grp * N + offs_n, mask=g_mask, other=0.0).to(tl.float32)
-            if CVT:   # fp16(0x6400 | q) == 1024 + q exactly, for q < 1024
+            if CVT == 1:   # fp16(0x6400 | q) == 1024 + q exactly, for q < 1024
                 wq = (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True) - (z + 1024).to(tl.float16)[None, :]
+            elif CVT == 2:   # fp32 operands: Triton 3.6's CPU interpreter has no bf16 dot (tests only)
+                wq = (q - z[None, :]).to(tl.float32)
+                x = x.to(tl.float32)
             else:
                 wq = (q - z[None, :]).to(x.dtype)
             acc += tl.dot(x, wq) * s[None, :]
@@ -220,7 +223,11 @@ def _gptq_mm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, gi_ptr, b_ptr, out_ptr, ws_ptr
             mask2 = k_mask[:, None] & n_mask[None, :]
             z = _field(qz_ptr + grp[:, None] * stride_z, offs_n[None, :], mask2, 1, BITS) + ZOFF
             s = tl.load(s_ptr + grp[:, None] * N + offs_n[None, :], mask=mask2, other=0.0).to(tl.float32)
-            wq = ((q - z).to(tl.float32) * s).to(x.dtype)
+            wq = (q - z).to(tl.float32) * s
+            if CVT == 2:
+                x = x.to(tl.float32)
+            else:
+                wq = wq.to(x.dtype)
             acc = tl.dot(x, wq, acc)
     out_mask = m_mask[:, None] & n_mask[None, :]
     if SPLIT:
@@ -459,6 +466,7 @@ def _fused(x2, qweight, qzeros, scales, g_idx, bits, group_size, zoff, bias, cfg
     per_block = g_idx is None and G % bk == 0
     unpack = int(cfg.get("u", 1)) if bits != 3 else 0
     cvt = int(cfg.get("c", 0)) if (x2.dtype == torch.float16 and per_block) else 0
+    if x2.dtype == torch.bfloat16 and _interpret(): cvt = 2   # the interpreter can't dot bf16: fp32 operands
     kps = -(-(-(-K // max(1, cfg.get("sk", 1)))) // bk) * bk     # K rows per split, a multiple of bk
     sk = -(-K // kps)
     out = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
