@@ -271,7 +271,7 @@ def layer_explorer(report, metric:str="loss", log:bool=True, layer:str|None=None
     det.add_trace(go.Bar(name="RTN", marker_color="#ff7f0e"), 1, 2)
     det.add_trace(go.Scatter(name="by column", mode="markers", marker=dict(size=4, color="#2ca02c")), 2, 1)
     det.add_trace(go.Scatter(name="in solve order", mode="lines", line=dict(color="#d62728")), 2, 1)
-    det.add_trace(go.Bar(x=["RTN", "GPTQ"], marker_color=["#ff7f0e", "#1f77b4"], showlegend=False), 2, 2)
+    det.add_trace(go.Bar(marker_color=["#ff7f0e", "#1f77b4"], showlegend=False), 2, 2)  # x set on draw (else lost)
     det.update_layout(height=560, margin=dict(l=50, r=20, t=60, b=40), barmode="group", legend=dict(orientation="h", y=-0.08))
     det.update_yaxes(type="log", row=2, col=1); det.update_yaxes(autorange="reversed", row=1, col=1)
     det.update_xaxes(type="category", row=2, col=2)

@@ -107,13 +107,14 @@ def _wait_done(page, selector, timeout_s=300):
 
 REDRAW_JS = """async ([sel, idx, ctrl, plot, trace, key]) => {
   const root = document.querySelectorAll(sel)[idx];
-  const gd = root.querySelectorAll('.js-plotly-plot')[plot];
-  const snap = () => JSON.stringify(gd.data[trace][key]);
+  // re-query each time: a static figure is replaced by a new plot element on every redraw
+  const snap = () => { const gd = root.querySelectorAll('.js-plotly-plot')[plot];
+                       return gd && gd.data ? JSON.stringify(gd.data[trace][key]) : null; };
   const before = snap();
   const el = root.querySelector(ctrl);
   const t0 = performance.now();
   el.click();
-  while (snap() === before) {
+  while (snap() === before || snap() === null) {
     await new Promise(r => requestAnimationFrame(r));
     if (performance.now() - t0 > 15000) return {ms: -1, before, after: before};
   }
@@ -202,7 +203,10 @@ BENCH_NB = {"cells": [
         "rep = synthetic_report(n_blocks=30)\n",
         "ex = layer_explorer(rep); ex"]},
     {"cell_type": "code", "execution_count": None, "id": "b1", "metadata": {}, "outputs": [],
-     "source": ["sh = scale_histograms(rep, by='block'); sh"]}],
+     "source": ["sh = scale_histograms(rep, by='block'); sh"]},
+    {"cell_type": "code", "execution_count": None, "id": "b2", "metadata": {}, "outputs": [],
+     "source": ["ex_static = layer_explorer(rep, static=True)  # the Colab fallback: plain figures, same controls\n",
+                "ex_static"]}],
     "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
     "nbformat": 4, "nbformat_minor": 5}
 
@@ -219,6 +223,8 @@ def test_30_block_redraw_under_1s(lab):
         _open(page, base, token, "bench30.ipynb")
         _run_all(page)
         _wait_done(page, ".gptq-hist .js-plotly-plot")
+        page.wait_for_function("() => document.querySelectorAll('.gptq-explorer').length == 2 && "
+                               "document.querySelectorAll('.gptq-explorer')[1].querySelector('.js-plotly-plot')", timeout=120_000)
         page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=180_000)
         page.wait_for_timeout(300)
         for i in range(3):  # log on/off/on: the whole 7 × 30 strip each time
@@ -237,9 +243,22 @@ def test_30_block_redraw_under_1s(lab):
             while (JSON.stringify(gd.data[0].z) === before) { await new Promise(r => requestAnimationFrame(r));
                 if (performance.now() - t0 > 15000) return -1; }
             await new Promise(r => requestAnimationFrame(r)); return performance.now() - t0; }""")
+        # clicking a heat-strip cell selects that layer (plotly click -> FigureWidget on_click -> kernel -> drop-down)
+        xy = page.evaluate("""() => {
+            const gd = document.querySelector('.gptq-explorer .js-plotly-plot'), r = gd.getBoundingClientRect();
+            const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+            return [r.left + xa._offset + xa.l2p(17), r.top + ya._offset + ya.l2p(6)]; }""")  # block 17, down_proj
+        t = time.perf_counter()
+        page.mouse.click(*xy)
+        page.wait_for_function("() => document.querySelector('.gptq-explorer .gptq-explorer-layer select').value"
+                               " === 'model.layers.17.mlp.down_proj'", timeout=15_000)
+        times["click a cell -> layer selected"] = 1000 * (time.perf_counter() - t)
+        times["static explorer log toggle"] = _redraw(page, ".gptq-explorer", 1, ".gptq-explorer-log input")["ms"]
         times["histogram per layer"] = _redraw(page, ".gptq-hist", 0, ".gptq-hist-by button:nth-child(1)", key="y")["ms"]
         page.locator(".gptq-explorer").first.screenshot(path=str(ART / "explorer_30_blocks.png"))
         browser.close()
     for k, v in times.items(): print(f"30-block redraw, {k}: {v:.0f} ms")
     assert not errors, "\n".join(errors[:10])
-    assert all(0 < v < 1000 for v in times.values()), times
+    # FigureWidget redraws (the dashboards' normal mode) must stay under 1 s; the static fallback re-renders a whole
+    # figure each time, so it gets 2 s
+    assert all(0 < v < (2000 if "static" in k else 1000) for k, v in times.items()), times
