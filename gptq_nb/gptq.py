@@ -15,20 +15,21 @@ __all__ = ['inverse_cholesky', 'GPTQResult', 'proxy_loss', 'processing_order', '
 
 # %% ../nbs/03_gptq.ipynb #c005
 def inverse_cholesky(H, damp_percent:float=0.01, max_tries:int=12):
-    "Upper Cholesky factor of `(H + λ·mean(diag H)·I)⁻¹` and the `λ` used, doubling `λ` until the factorisation succeeds."
-    mean = torch.diag(H).mean()
+    "Upper Cholesky factor `U` of `(H + λ·mean(diag H)·I)⁻¹` (`Uᵀ U`) and the `λ` used, doubling `λ` until it succeeds."
+    mean, K = torch.diag(H).mean(), H.shape[0]
+    I = torch.eye(K, dtype=H.dtype, device=H.device)
     damp = damp_percent
     for _ in range(max_tries):
-        Hd = H.clone(); Hd.diagonal().add_(damp * mean)
-        L, info = torch.linalg.cholesky_ex(Hd)
+        Hr = H.flip(0, 1) + (damp * mean) * I          # J·H·J (J reverses the order), damped
+        L, info = torch.linalg.cholesky_ex(Hr)
         if info == 0:
-            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
-            if info == 0 and torch.isfinite(U).all(): return U, damp
+            U = torch.linalg.solve_triangular(L, I, upper=False).flip(0, 1)
+            if torch.isfinite(U).all(): return U, damp
         damp = damp * 2 if damp > 0 else 0.01
     raise torch.linalg.LinAlgError(f"H is not positive definite even with damp_percent={damp/2:g}: the calibration "
         "data is too small or degenerate for this layer; use more (or more varied) calibration samples.")
 
-# %% ../nbs/03_gptq.ipynb #c009
+# %% ../nbs/03_gptq.ipynb #c010
 @dataclass
 class GPTQResult:
     "What solving one layer produced."
@@ -44,7 +45,7 @@ def proxy_loss(W, What, H):
     dW = (W.float() - What.float())
     return float(((dW @ H.float()) * dW).sum())
 
-# %% ../nbs/03_gptq.ipynb #c010
+# %% ../nbs/03_gptq.ipynb #c011
 def processing_order(h_diag, K:int, group_size:int, desc_act:bool, act_group_aware:bool):
     "Column order for the solver (`None` = natural): act-order, or group-aware act-order that keeps groups whole."
     if desc_act: return torch.argsort(h_diag, descending=True, stable=True)
@@ -55,7 +56,7 @@ def processing_order(h_diag, K:int, group_size:int, desc_act:bool, act_group_awa
     return torch.cat([torch.nonzero(gid == gi)[:, 0][torch.argsort(h_diag[gid == gi], descending=True, stable=True)]
                       for gi in torch.argsort(gmax, descending=True, stable=True).tolist()])
 
-# %% ../nbs/03_gptq.ipynb #c014
+# %% ../nbs/03_gptq.ipynb #c015
 def gptq_quantize(W, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act:bool=False,
                   static_groups:bool=False, damp_percent:float=0.01, mse:float=0.0, blocksize:int=128,
                   dtype=torch.float32, rtn:bool=True, act_group_aware:bool=False):
@@ -85,25 +86,33 @@ def gptq_quantize(W, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act:
     gsize = torch.bincount(torch.tensor(gpos), minlength=G).tolist()
     U, damp = inverse_cholesky(H, damp_percent)
     del H
-    codes = torch.zeros_like(W)
-    for i1 in range(0, K, blocksize):
-        i2 = min(i1 + blocksize, K)
-        W1, Err1, U1 = W[:, i1:i2].clone(), torch.zeros(N, i2 - i1, dtype=dtype, device=W.device), U[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col, gi = i1 + i, gpos[i1 + i]
-            if not static_groups and (col == 0 or gpos[col - 1] != gi):   # first column of a group: choose its grid
-                n = gsize[gi]
-                ahead = W[:, i2:col + n] - Err1[:, :i] @ U[i1:col, i2:col + n]   # + this block's pending updates
-                s, z = grid_params(torch.cat([W1[:, i:], ahead], 1)[:, :n], bits, sym, mse)
-                scales[gi], zeros[gi] = s[:, 0], z[:, 0]
-            s, z = scales[gi, :, None], zeros[gi, :, None]
-            w = W1[:, i:i+1]
-            q = quantize_codes(w, s, z, maxq)
-            codes[:, col] = q[:, 0]
-            err = (w - dequantize_codes(q, s, z)) / U1[i, i]
-            W1[:, i:] -= err * U1[i:i+1, i:]
-            Err1[:, i] = err[:, 0]
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+    Wt = W.T.contiguous()                  # [K, N]: each column of W is a contiguous row here
+    codes = torch.empty(K, N, dtype=dtype, device=W.device)
+    threads, cpu = torch.get_num_threads(), W.device.type == "cpu"
+    try:
+        for i1 in range(0, K, blocksize):
+            i2 = min(i1 + blocksize, K)
+            W1, Err1, U1 = Wt[i1:i2].clone(), torch.empty(i2 - i1, N, dtype=dtype, device=W.device), U[i1:i2, i1:i2]
+            if cpu: torch.set_num_threads(1)   # the column loop is many tiny ops: threads only add overhead
+            for i in range(i2 - i1):
+                col, gi = i1 + i, gpos[i1 + i]
+                if col == 0 or gpos[col - 1] != gi:     # first column of a group
+                    if not static_groups:               # choose its grid from the columns as they are now
+                        n = gsize[gi]
+                        ahead = torch.addmm(Wt[i2:col + n], U[i1:col, i2:col + n].T, Err1[:i], alpha=-1)  # + pending
+                        sc, zc = grid_params(torch.cat([W1[i:], ahead])[:n].T, bits, sym, mse)
+                        scales[gi], zeros[gi] = sc[:, 0], zc[:, 0]
+                    s, z = scales[gi], zeros[gi]
+                w = W1[i]
+                q = torch.clamp_(torch.round_(w / s).add_(z), 0, maxq)     # quantize_codes, in place
+                codes[col] = q
+                err = Err1[i]
+                torch.sub(w, (q - z).mul_(s), out=err).div_(U1[i, i])
+                W1[i:].addmm_(U1[i, i:, None], err[None], alpha=-1)      # the OBS update of the block's rest
+            if cpu: torch.set_num_threads(threads)
+            Wt[i2:].addmm_(U[i1:i2, i2:].T, Err1, alpha=-1)           # the lazy update of everything after it
+    finally: torch.set_num_threads(threads)
+    codes = codes.T
     g_idx = torch.empty(K, dtype=torch.int32); g_idx[natural] = torch.tensor(gpos, dtype=torch.int32)
     if perm is not None: codes = codes[:, torch.argsort(perm)]
     qw = QuantizedWeight(codes.to(torch.uint8), scales.float(), zeros.float(), g_idx.to(W.device), bits, group_size, sym,

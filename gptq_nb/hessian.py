@@ -28,13 +28,13 @@ class Hessian:
             if not m.all(): x = x[m]
         if x.shape[0] == 0: return self
         x = x.to(self.H.device, torch.float32)
-        if not torch.isfinite(x).all():
-            raise FloatingPointError(f"NaN/Inf in the inputs of {self.name or 'a layer'}: the model overflowed on "
-                "calibration data (common in float16); run the model in bfloat16/float32 or check earlier layers.")
         n = x.shape[0]
         self.H.mul_(self.n / (self.n + n))
         self.n += n
         self.H.addmm_(x.T, x, alpha=2 / self.n)
+        if not torch.isfinite(self.H).all():   # a NaN/Inf input always reaches H; checking K² beats checking n·K
+            raise FloatingPointError(f"NaN/Inf in the inputs of {self.name or 'a layer'}: the model overflowed on "
+                "calibration data (common in float16); run the model in bfloat16/float32 or check earlier layers.")
         return self
 
 # %% ../nbs/02_hessian.ipynb #c009
