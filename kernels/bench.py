@@ -9,7 +9,12 @@ Stages:
   --tune   sweep launch configs on the S1 shapes (Llama-2-7B and -70B linear sets, 4-bit g128, m = 1, 4, 16, 64, 256),
            keep the fastest per (m, shape); writes tuned_<card>.json ({card: {"bits/m/K/N": config}}).
   --s1     protocol S1 (PROTOCOL.md): do_bench medians summed over each set, ratio to fp16 torch.matmul in the same
-           process, HBM floor from a measured device-to-device copy. Uses --tuned FILE (or the table just tuned).
+           process, HBM floor from a measured device-to-device copy; also the same kernels timed inside CUDA graphs
+           over rotated weight copies (GPU time without host launch overhead) and the host overhead per call.
+           Uses --tuned FILE (or the table just tuned).
+  --check-gemv / --tune-gemv  the same for the CUDA-core decode kernel (mode="gemv"), merged into the table.
+Timing note: --tune and the graph columns of --s1 use CUDA-graph replay; eager do_bench of a kernel this short
+measures the host launch (about 50 us per gptq_gemm call). --check is compile-bound (about 5 min on an H200).
 Prints short tables last; full numbers go to --out as JSON.
 """
 import argparse, json, os, sys, time, math, itertools, datetime
