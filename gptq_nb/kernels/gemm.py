@@ -437,8 +437,15 @@ TUNED: dict = {"NVIDIA H200": {  # kernels/bench.py --tune, 2026-11-27, CUDA-gra
 }}
 _M_BUCKETS = (1, 4, 16, 64, 256)
 
+_CARDS: dict = {}
+
 def _card(device) -> str:
-    return torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "cpu"
+    "The card's name (the tuning table's key), cached: the lookup costs microseconds on every call otherwise."
+    key = str(device)
+    if key not in _CARDS:
+        d = torch.device(device)
+        _CARDS[key] = torch.cuda.get_device_name(d) if d.type == "cuda" else "cpu"
+    return _CARDS[key]
 
 def load_tuning(path_or_dict) -> None:
     "Merge a tuning table ({card: {key: config}}, or a JSON file of one) into `TUNED`."
