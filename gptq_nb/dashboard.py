@@ -11,12 +11,12 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['MODULE_ORDER', 'LLAMA_SHAPES', 'STAGES', 'METRICS', 'TIME_SUFFIXES', 'as_report', 'module_order', 'short_module',
-           'pooled_error', 'group_rel_error', 'solver_kwargs', 'synthetic_report', 'want_static', 'LiveFigure', 'Panel',
-           'metric_grid', 'layer_explorer', 'outlier_mask', 'group_values', 'scale_histograms', 'packed_bytes',
-           'size_table', 'find_bench_files', 'load_bench', 'bench_columns', 'speed_size_panel', 'stored_layers',
-           'requantize_layer', 'overrides_to_dynamic', 'what_if', 'export_panel', 'count_linears', 'live_dashboard',
-           'dashboard']
+__all__ = ['MODULE_ORDER', 'LLAMA_SHAPES', 'STAGES', 'METRICS', 'TIME_SUFFIXES', 'NOT_TIMES', 'as_report', 'module_order',
+           'short_module', 'pooled_error', 'group_rel_error', 'solver_kwargs', 'synthetic_report', 'want_static',
+           'LiveFigure', 'Panel', 'metric_grid', 'layer_explorer', 'outlier_mask', 'group_values', 'scale_histograms',
+           'packed_bytes', 'size_table', 'find_bench_files', 'load_bench', 'bench_columns', 'speed_size_panel',
+           'stored_layers', 'requantize_layer', 'overrides_to_dynamic', 'what_if', 'export_panel', 'count_linears',
+           'live_dashboard', 'dashboard']
 
 # %% ../nbs/40_dashboard.ipynb #c005
 def _ui():
@@ -454,29 +454,47 @@ def size_table(report):
     return g
 
 # %% ../nbs/40_dashboard.ipynb #c046
-TIME_SUFFIXES = ("_us", "_ms", "tokens_per_s", "ratio")
+TIME_SUFFIXES = ("_us", "_ms", "tokens_per_s")
+NOT_TIMES = ("K", "N", "m", "bits", "group_size", "copy_bw")
+
+def _bench_rows(doc, prefix:str=""):
+    "Flatten every `rows` table inside a benchmark document into row dicts with a `name`."
+    out = []
+    if not isinstance(doc, dict): return out
+    for k, v in doc.items():
+        if k == "rows":
+            for key, r in (v.items() if isinstance(v, dict) else enumerate(v)):
+                if not isinstance(r, dict): continue
+                shape = " ".join(f"{c}={r[c]}" for c in ("K", "N", "m") if c in r)
+                label = r.get("name") or (f"{prefix} m={key}" if isinstance(v, dict) else f"{prefix} {shape or key}")
+                out.append({**r, "name": label.strip()})
+        elif isinstance(v, dict):
+            out += _bench_rows(v, prefix if k == "sets" else f"{prefix} {k}".strip())
+    return out
 
 def find_bench_files(start=None):
-    "Benchmark JSON files under `kernels/` (also `kernels/results/`) of `start` or its parents."
+    "Benchmark JSON files under `kernels/results/` of `start` (default: the working directory) or its parents."
     p = Path(start or Path.cwd()).resolve()
     for d in [p, *p.parents][:4]:
-        fs = sorted((d / "kernels").glob("*.json")) + sorted((d / "kernels" / "results").glob("*.json"))
+        fs = sorted((d / "kernels" / "results").glob("*.json"))
         if fs: return fs
     return []
 
 def load_bench(src=None):
     "GPU benchmark rows as a DataFrame (`.attrs`: card, date, commit, protocol, source), or `None` if there are none."
     if src is None:
-        files = find_bench_files()
-        if not files: return None
-        src = files[-1]
+        for f in reversed(find_bench_files()):   # newest first (the files are named by date)
+            df = load_bench(f)
+            if df is not None: return df
+        return None
     meta = {}
     if isinstance(src, (str, Path)):
         meta["source"] = str(src); src = json.loads(Path(src).read_text())
     if isinstance(src, dict):
-        meta.update({k: v for k, v in src.items() if k != "rows"}); src = src.get("rows", [])
-    df = pd.DataFrame(list(src))
-    if not len(df): return None
+        meta.update({k: v for k, v in src.items() if not isinstance(v, (dict, list))}); rows = _bench_rows(src)
+    else: rows = [dict(r) for r in src]
+    if not rows: return None
+    df = pd.DataFrame(rows)
     if "name" not in df.columns:
         df["name"] = [" ".join(f"{k}={r[k]}" for k in ("K", "N", "m") if k in r and pd.notna(r[k])) or f"row {i}"
                       for i, r in enumerate(df.to_dict("records"))]
@@ -484,8 +502,10 @@ def load_bench(src=None):
     return df
 
 def bench_columns(df):
-    "The timing columns of a benchmark table."
-    return [c for c in df.columns if c.endswith(TIME_SUFFIXES) and pd.api.types.is_numeric_dtype(df[c])]
+    "The timing columns of a benchmark table (see above for the unsuffixed millisecond convention)."
+    num = [c for c in df.columns if c != "name" and pd.api.types.is_numeric_dtype(df[c])]
+    suffixed = [c for c in num if c.endswith(TIME_SUFFIXES)]
+    return suffixed or [c for c in num if "ratio" not in c and c not in NOT_TIMES]
 
 # %% ../nbs/40_dashboard.ipynb #c048
 def _mb(x): return f"{x / 2**20:,.2f} MiB"
@@ -541,7 +561,8 @@ def speed_size_panel(report, bench=None, static:bool|None=None):
     figs, children = dict(size=size), [c_view, size.widget, info]
     if bench is not None and bench_columns(bench):
         cols = bench_columns(bench)
-        bfig = go.Figure([go.Bar(name=c, x=bench.name, y=bench[c]) for c in cols])
+        unit = "" if any(c.endswith(TIME_SUFFIXES) for c in cols) else " (ms)"
+        bfig = go.Figure([go.Bar(name=c + unit, x=list(bench.name), y=list(bench[c])) for c in cols])
         a = bench.attrs
         bfig.update_layout(title=f"GPU benchmark: {a.get('card', '?')}, {a.get('date', '?')}, commit {a.get('commit', '?')}"
                                  + (f", {a['protocol']}" if a.get("protocol") else ""), barmode="group", height=320,
@@ -549,8 +570,8 @@ def speed_size_panel(report, bench=None, static:bool|None=None):
         figs["bench"] = LiveFigure(bfig, static); children.append(figs["bench"].widget)
         msg = f"Measured on {html.escape(str(a.get('card', 'a GPU')))}; source: {html.escape(str(a.get('source', 'given rows')))}."
     else:
-        msg = ("<i>No GPU benchmark found (kernels/*.json). Kernel speed and tokens/s are measured on a GPU "
-               "(see kernels/RESULTS.md), never estimated on CPU.</i>")
+        msg = ("<i>No GPU benchmark found (kernels/results/*.json). Kernel speed and tokens/s are measured on a GPU "
+               "(kernels/results/, kernels/RESULTS.md), never estimated on CPU.</i>")
     children.append(W.HTML(msg))
     P = Panel(None, dict(view=c_view), figs, info=info, sizes=st, bench=bench)
     draw = P.timed("size", draw)
