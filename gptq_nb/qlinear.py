@@ -36,9 +36,18 @@ def _is_available(fn, module, x):
     except (TypeError, ValueError): n = 2
     return bool(fn(module, x) if n >= 2 else fn(x.device) if n == 1 else fn())
 
+_TRIED_KERNELS = []
+def _load_kernels():
+    "Import the Triton kernels once (they register the 'triton' backend); quietly skip when triton is missing."
+    _TRIED_KERNELS.append(True)
+    try: import gptq_nb.kernels.gemm  # noqa: F401  (registers itself)
+    except Exception: pass
+
 def resolve_backend(module, x):
     "The backend name `module` will use for input `x`."
     name = module.backend
+    if x.is_cuda and "triton" not in _BACKENDS and not _TRIED_KERNELS:
+        _load_kernels()
     if name == "auto":
         needs_grad = x.requires_grad and torch.is_grad_enabled()
         for cand in AUTO_ORDER:
