@@ -612,13 +612,14 @@ def what_if(report, store_dir, layer:str|None=None, base_config=None, static:boo
     if not names:
         raise FileNotFoundError(f"No stored layers in {store_dir}: quantize with store_dir={str(store_dir)!r} first.")
     base = base_config or getattr(rep, "config", None) or QuantizeConfig()
+    eff = lambda n: base.for_module(n) or base   # the settings layer n was quantized with (its dynamic rule applied)
     c_layer = W.Dropdown(options=names, value=layer or names[0], description="layer", layout=W.Layout(width="420px"))
-    c_bits = W.Dropdown(options=[2, 3, 4, 8], value=base.bits, description="bits", layout=W.Layout(width="140px"))
+    c_bits = W.Dropdown(options=[2, 3, 4, 8], description="bits", layout=W.Layout(width="140px"))
     c_group = W.Dropdown(options=[("per channel", -1)] + [(str(g), g) for g in (32, 64, 128, 256, 1024)],
-                         value=base.group_size, description="group",
-                         layout=W.Layout(width="200px"))
-    c_act = W.Checkbox(value=base.desc_act, description="act-order", indent=False)
-    c_sym = W.Checkbox(value=base.sym, description="symmetric", indent=False)
+                         description="group", layout=W.Layout(width="200px"))
+    c_act = W.Checkbox(description="act-order", indent=False)
+    c_sym = W.Checkbox(description="symmetric", indent=False)
+    FIELDS = (("bits", c_bits), ("group_size", c_group), ("desc_act", c_act), ("sym", c_sym))
     b_run = W.Button(description="Re-quantize", button_style="primary", icon="refresh")
     b_add = W.Button(description="Use for next run", icon="plus")
     b_clear = W.Button(description="Clear overrides", icon="trash")
@@ -652,11 +653,17 @@ def what_if(report, store_dir, layer:str|None=None, base_config=None, static:boo
         show(); return r
 
     def add(*_):
-        ov = {"bits": c_bits.value, "group_size": c_group.value, "desc_act": c_act.value, "sym": c_sym.value}
-        ov = {k: v for k, v in ov.items() if v != getattr(base, k)}
+        e = eff(c_layer.value)
+        ov = {k: c.value for k, c in FIELDS if c.value != getattr(e, k)}
         if ov: state["overrides"][c_layer.value] = ov
-        else: state["overrides"].pop(c_layer.value, None)  # same as the base config: nothing to override
+        else: state["overrides"].pop(c_layer.value, None)  # what the layer already had: nothing to override
         draw_dyn()
+
+    def load_settings(*_):
+        "Controls follow the selected layer: its pending override, else the settings it was quantized with."
+        e, ov = eff(c_layer.value), state["overrides"].get(c_layer.value, {})
+        for k, c in FIELDS: c.value = ov.get(k, getattr(e, k))
+        show()
 
     def draw_dyn():
         d = P.dynamic()
@@ -668,16 +675,17 @@ def what_if(report, store_dir, layer:str|None=None, base_config=None, static:boo
     P = Panel(None, dict(layer=c_layer, bits=c_bits, group=c_group, act=c_act, sym=c_sym, run=b_run, add=b_add, clear=b_clear),
               dict(loss=res), info=info, trials=state["trials"], overrides=state["overrides"])
     P.dynamic = lambda: overrides_to_dynamic(state["overrides"])
-    P.config = lambda: QuantizeConfig(**{**base.core_dict(), "dynamic": {**(base.dynamic or {}), **P.dynamic()} or None})
+    # the new rules go first: `for_module` applies the first rule that matches
+    P.config = lambda: QuantizeConfig(**{**base.core_dict(), "dynamic": {**P.dynamic(), **(base.dynamic or {})} or None})
     run, show = P.timed("requantize", run), P.timed("show", show)
-    b_run.on_click(run); b_add.on_click(add); b_clear.on_click(clear); c_layer.observe(show, "value")
-    show(); draw_dyn()
+    b_run.on_click(run); b_add.on_click(add); b_clear.on_click(clear); c_layer.observe(load_settings, "value")
+    load_settings(); draw_dyn()
     P.box = W.VBox([W.HBox([c_layer]), W.HBox([c_bits, c_group, c_act, c_sym]), W.HBox([b_run, b_add, b_clear]),
                     info, res.widget, dyn_view])
     P.box.add_class("gptq-whatif")
     return P
 
-# %% ../nbs/40_dashboard.ipynb #c057
+# %% ../nbs/40_dashboard.ipynb #c059
 def _save_fn():
     "`gptq_nb.io.save_quantized`, or `None` when this install has no `gptq_nb.io`."
     try: from gptq_nb.io import save_quantized
@@ -721,7 +729,7 @@ def export_panel(model=None, out_dir="quantized", config=None, tokenizer=None, r
     P.box.add_class("gptq-export")
     return P
 
-# %% ../nbs/40_dashboard.ipynb #c061
+# %% ../nbs/40_dashboard.ipynb #c063
 def count_linears(model):
     "Linears `quantize` will solve in `model`'s decoder blocks (the progress bar's total)."
     from gptq_nb.model import find_blocks, find_linears
@@ -758,7 +766,7 @@ def live_dashboard(total:int|None=None, model=None, metric:str="loss", every:flo
     P.box.add_class("gptq-live")
     return P
 
-# %% ../nbs/40_dashboard.ipynb #c065
+# %% ../nbs/40_dashboard.ipynb #c067
 def dashboard(report, other=None, labels=("this run", "other run"), store_dir=None, model=None, tokenizer=None,
               out_dir="quantized", bench=None, static:bool|None=None):
     "Tabs: layer explorer, group scales, speed & size, what-if (with `store_dir`), export (with `model`)."
