@@ -12,11 +12,11 @@ import torch
 
 # %% auto #0
 __all__ = ['MODULE_ORDER', 'LLAMA_SHAPES', 'STAGES', 'METRICS', 'TIME_SUFFIXES', 'NOT_TIMES', 'as_report', 'module_order',
-           'short_module', 'pooled_error', 'group_rel_error', 'solver_kwargs', 'synthetic_report', 'want_static',
-           'LiveFigure', 'Panel', 'metric_grid', 'layer_explorer', 'outlier_mask', 'group_values', 'scale_histograms',
-           'packed_bytes', 'size_table', 'find_bench_files', 'load_bench', 'bench_columns', 'speed_size_panel',
-           'stored_layers', 'requantize_layer', 'overrides_to_dynamic', 'what_if', 'export_panel', 'count_linears',
-           'live_dashboard', 'dashboard']
+           'short_module', 'axis_labels', 'pooled_error', 'group_rel_error', 'solver_kwargs', 'synthetic_report',
+           'want_static', 'LiveFigure', 'Panel', 'metric_grid', 'layer_explorer', 'outlier_mask', 'group_values',
+           'scale_histograms', 'packed_bytes', 'size_table', 'find_bench_files', 'load_bench', 'bench_columns',
+           'speed_size_panel', 'stored_layers', 'requantize_layer', 'overrides_to_dynamic', 'what_if', 'export_panel',
+           'count_linears', 'live_dashboard', 'dashboard']
 
 # %% ../nbs/40_dashboard.ipynb #c005
 def _ui():
@@ -54,6 +54,11 @@ def module_order(modules):
 def short_module(m:str):
     "`self_attn.q_proj` -> `q_proj`: the label on an axis."
     return m.rsplit(".", 1)[-1]
+
+def axis_labels(modules):
+    "Short names where they are unique, full module names where they are not (GPT-2 has `attn.c_proj` and `mlp.c_proj`)."
+    short = [short_module(m) for m in modules]
+    return [s if short.count(s) == 1 else m for s, m in zip(short, modules)]
 
 # %% ../nbs/40_dashboard.ipynb #c012
 from .gptq import gptq_quantize, proxy_loss
@@ -282,16 +287,17 @@ def layer_explorer(report, metric:str="loss", log:bool=True, layer:str|None=None
         blocks, modules, z, names = metric_grid(table(), c_metric.value, c_log.value)
         with strip.fig.batch_update():
             h = strip.fig.data[0]
-            h.z, h.x, h.y, h.customdata = _json_safe(z), blocks, [short_module(m) for m in modules], names
+            h.z, h.x, h.y, h.customdata = _json_safe(z), blocks, axis_labels(modules), names
             h.colorbar.title.text = ("log10 " if c_log.value else "") + c_metric.value
             strip.fig.layout.title.text = f"{METRICS[c_metric.value]}{' (log10)' if c_log.value else ''} — click a cell"
         mark_selected(); strip.refresh()
 
     def mark_selected():
         t = table(); row = t[t.name == c_layer.value]
+        lab = dict(zip(module_order(t.module), axis_labels(module_order(t.module)))) if len(t) else {}
         with strip.fig.batch_update():
             strip.fig.data[1].x = [int(row.block.iloc[0])] if len(row) else []
-            strip.fig.data[1].y = [short_module(row.module.iloc[0])] if len(row) else []
+            strip.fig.data[1].y = [lab[row.module.iloc[0]]] if len(row) else []
 
     def draw_detail(*_):
         name, t = c_layer.value, table()
@@ -321,7 +327,7 @@ def layer_explorer(report, metric:str="loss", log:bool=True, layer:str|None=None
     c_metric.observe(draw_strip, "value"); c_log.observe(draw_strip, "value"); c_layer.observe(draw_detail, "value")
 
     def select(block:int, module:str):
-        "Select the layer in `block` whose module (or its short name) is `module`."
+        "Select the layer in `block` whose module (or its axis label) is `module`."
         t = table(); hit = t[(t.block == block) & ((t.module == module) | (t.module.map(short_module) == module))]
         if len(hit): c_layer.value = hit.name.iloc[0]
     def on_click(trace, points, state_):
@@ -531,7 +537,7 @@ def speed_size_panel(report, bench=None, static:bool|None=None):
     st = size_table(rep)
 
     def draw(*_):
-        x = [short_module(m) for m in st.module]
+        x = axis_labels(list(st.module))
         with size.fig.batch_update():
             d = size.fig.data
             if c_view.value == "bytes":

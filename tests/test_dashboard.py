@@ -106,3 +106,16 @@ def test_export_without_io_says_so(monkeypatch, rep30):
     monkeypatch.setattr(D, "_save_fn", lambda: None)
     xp = D.export_panel(model=object(), report=rep30)
     assert xp.controls["export"].disabled and "not available" in xp.status.value
+
+
+def test_other_architecture_gpt2_labels():
+    "GPT-2's `attn.c_proj` and `mlp.c_proj` share a short name: both keep their own row in the heat-strip."
+    from gptq_nb.model import tiny_causal_lm
+    from gptq_nb.quantize import quantize
+    rep = quantize(tiny_causal_lm("gpt2", layers=2), [list(np.random.default_rng(i).integers(0, 256, 64)) for i in range(4)],
+                   QuantizeConfig(group_size=32), progress=False)
+    ex = D.layer_explorer(rep)
+    assert list(ex.figs["strip"].data[0].y) == ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"]
+    assert np.isfinite(np.array(ex.figs["strip"].data[0].z, dtype=float)).all()
+    ex.select(1, "mlp.c_proj")
+    assert ex.controls["layer"].value == "transformer.h.1.mlp.c_proj"
