@@ -30,6 +30,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'gptq_nb.dashboard._synthetic_layer': ('dashboard.html#_synthetic_layer', 'gptq_nb/dashboard.py'),
                                    'gptq_nb.dashboard._ui': ('dashboard.html#_ui', 'gptq_nb/dashboard.py'),
                                    'gptq_nb.dashboard.as_report': ('dashboard.html#as_report', 'gptq_nb/dashboard.py'),
+                                   'gptq_nb.dashboard.axis_labels': ('dashboard.html#axis_labels', 'gptq_nb/dashboard.py'),
                                    'gptq_nb.dashboard.bench_columns': ('dashboard.html#bench_columns', 'gptq_nb/dashboard.py'),
                                    'gptq_nb.dashboard.count_linears': ('dashboard.html#count_linears', 'gptq_nb/dashboard.py'),
                                    'gptq_nb.dashboard.dashboard': ('dashboard.html#dashboard', 'gptq_nb/dashboard.py'),
