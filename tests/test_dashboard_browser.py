@@ -66,6 +66,7 @@ def lab():
         try: proc.wait(15)
         except subprocess.TimeoutExpired: proc.kill()
         log.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # Console errors that come from the offline sandbox or JupyterLab itself, never from our widgets.
