@@ -27,6 +27,11 @@ demo: $(VENV)/.core
 bench-accuracy: $(VENV)/.core
 	$(BIN)/python -m gptq_nb.demo --bench
 
+# No GPU: Triton kernels run under its CPU interpreter, which must be on before any process imports triton.
+NO_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo 1)
+ifeq ($(NO_GPU),1)
+test: export TRITON_INTERPRET = 1
+endif
 test: $(VENV)/.dev
 	@echo "== notebooks clean and in sync with gptq_nb/"
 	$(BIN)/nbdev-clean

@@ -113,8 +113,10 @@ def _ecosystem_installed():
 def register(force:bool=False):
     "Route transformers' 'gptq' checkpoints through gptq_nb; returns True if registered."
     if not force and (os.environ.get("GPTQ_NB_NO_HF") == "1" or _ecosystem_installed()): return False
-    if not _ORIGINAL:
-        _ORIGINAL.update(quantizer=_qauto.AUTO_QUANTIZER_MAPPING.get("gptq"), config=_qauto.AUTO_QUANTIZATION_CONFIG_MAPPING.get("gptq"))
+    if not _ORIGINAL:   # transformers' own classes, even if another copy of this module registered first
+        from transformers.quantizers.quantizer_gptq import GptqHfQuantizer
+        from transformers.utils.quantization_config import GPTQConfig as _StockGPTQConfig
+        _ORIGINAL.update(quantizer=GptqHfQuantizer, config=_StockGPTQConfig)
     _qauto.AUTO_QUANTIZER_MAPPING["gptq"] = GptqNbHfQuantizer
     _qauto.AUTO_QUANTIZATION_CONFIG_MAPPING["gptq"] = GPTQConfig
     return True
