@@ -115,7 +115,9 @@ def test_real_quantize_output(tmp_path):
     report = quantize(model, calib, cfg, device="cpu", progress=False)
     with torch.no_grad(): ref = model(IDS).logits
     ck = save_quantized(model, tmp_path / "ck", report=report)
-    assert (ck / "quant_report.json").exists()
+    assert (ck / "quant_report" / "report.json").exists()
+    from gptq_nb.quantize import QuantReport
+    assert QuantReport.load(ck).table.loss.tolist() == report.table.loss.tolist()   # dashboards read it back
     with torch.no_grad(): out = from_quantized(ck, dtype=torch.float32)(IDS).logits
     assert (out - ref).abs().max() <= 1e-3
 
