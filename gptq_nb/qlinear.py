@@ -151,12 +151,10 @@ class QuantLinear(nn.Module):
 
 # %% ../nbs/11_qlinear.ipynb #c021
 def find_block_list(model, block_name:str|None=None):
-    "`(name, ModuleList)` of the decoder blocks: `block_name` if given, else the ModuleList with the most parameters."
+    "`(name, ModuleList)` of the decoder blocks: `block_name` if given, else what `quantize` found (`find_blocks`)."
     if block_name: return block_name, model.get_submodule(block_name)
-    best = max(((n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList)),
-               key=lambda nm: sum(p.numel() for p in nm[1].parameters()), default=None)
-    if best is None: raise ValueError("no nn.ModuleList of blocks found: pass block_name_to_quantize in the config.")
-    return best
+    from gptq_nb.model import find_blocks   # the same rule quantize() used (notebook 04)
+    return find_blocks(model)
 
 def _qdict(config):
     if isinstance(config, QuantizeConfig): return config.to_dict()
