@@ -108,7 +108,7 @@ def _save_and_reload(model, tok, config, report, out, win, log):
 
 # %% ../nbs/07_demo.ipynb #c013
 BENCH_CONFIGS = {
-    "GPTQ (GPTQModel defaults: sym, no act-order, damp 0.05)": dict(sym=True, desc_act=False, damp_percent=0.05),
+    "GPTQ, GPTQModel's defaults (sym, group-aware order, damp 0.05)": dict(sym=True, desc_act=False, act_group_aware=True, damp_percent=0.05),
     "GPTQ best (act-order, static groups, asym, MSE clip)": dict(sym=False, desc_act=True, static_groups=True, mse=2.4, damp_percent=0.01),
 }
 
