@@ -112,6 +112,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'gptq_nb.hessian.HessianHooks.hessian_for': ( 'hessian.html#hessianhooks.hessian_for',
                                                                                'gptq_nb/hessian.py'),
                                  'gptq_nb.hessian.HessianHooks.new_batch': ('hessian.html#hessianhooks.new_batch', 'gptq_nb/hessian.py'),
+                                 'gptq_nb.hessian._add_gram': ('hessian.html#_add_gram', 'gptq_nb/hessian.py'),
                                  'gptq_nb.hessian._input_key': ('hessian.html#_input_key', 'gptq_nb/hessian.py')},
             'gptq_nb.hf': { 'gptq_nb.hf.GPTQConfig': ('hf.html#gptqconfig', 'gptq_nb/hf.py'),
                             'gptq_nb.hf.GPTQConfig.__init__': ('hf.html#gptqconfig.__init__', 'gptq_nb/hf.py'),

@@ -10,6 +10,19 @@ import torch
 __all__ = ['Hessian', 'HessianHooks']
 
 # %% ../nbs/02_hessian.ipynb #c005
+def _add_gram(H, x, alpha:float):
+    "`H += alpha·xᵀx`, computing only the upper half (3/4 of the products for large K) and mirroring it."
+    K = x.shape[1]
+    if K < 512:
+        H.addmm_(x.T, x, alpha=alpha); return
+    h = K // 2
+    a, b = x[:, :h], x[:, h:]
+    H[:h, :h].addmm_(a.T, a, alpha=alpha)
+    H[h:, h:].addmm_(b.T, b, alpha=alpha)
+    H[:h, h:].addmm_(a.T, b, alpha=alpha)
+    H[h:, :h] = H[:h, h:].T
+
+# %% ../nbs/02_hessian.ipynb #c008
 class Hessian:
     "Running `H = 2/n · Σ xxᵀ` over the rows of inputs `x` of a `K`-input layer, in float32."
     def __init__(self, K:int, device=None, name:str=""):
@@ -31,13 +44,13 @@ class Hessian:
         n = x.shape[0]
         self.H.mul_(self.n / (self.n + n))
         self.n += n
-        self.H.addmm_(x.T, x, alpha=2 / self.n)
+        _add_gram(self.H, x, 2 / self.n)
         if not torch.isfinite(self.H).all():   # a NaN/Inf input always reaches H; checking K² beats checking n·K
             raise FloatingPointError(f"NaN/Inf in the inputs of {self.name or 'a layer'}: the model overflowed on "
                 "calibration data (common in float16); run the model in bfloat16/float32 or check earlier layers.")
         return self
 
-# %% ../nbs/02_hessian.ipynb #c009
+# %% ../nbs/02_hessian.ipynb #c012
 def _input_key(x):
     "Identity of an input tensor: same storage, shape and strides means the same data."
     return (x.data_ptr(), tuple(x.shape), x.stride())
