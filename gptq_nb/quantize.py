@@ -217,8 +217,9 @@ def quantize(model:nn.Module,            # a Hugging Face causal LM (modified in
         outs = quantize_block(ctx, bi, caps, stages)
         for c, o in zip(caps, outs):
             if not torch.isfinite(o).all():
-                raise FloatingPointError(f"{prefix}.{bi} produced NaN/Inf on calibration data: run the model in "
-                                         "bfloat16/float32 or lower damp_percent's… check the block's weights.")
+                raise FloatingPointError(f"{prefix}.{bi} produced NaN/Inf on calibration data after quantization: "
+                                         "the activations overflowed (common in float16); run the model in "
+                                         "bfloat16 or float32.")
             c["hidden"] = o
         block.to(home)
     if config.lm_head: _quantize_lm_head(model, batches, config, report, device)
