@@ -291,6 +291,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'gptq_nb.quantize._quantize_lm_head': ('quantize.html#_quantize_lm_head', 'gptq_nb/quantize.py'),
                                   'gptq_nb.quantize._run': ('quantize.html#_run', 'gptq_nb/quantize.py'),
                                   'gptq_nb.quantize._slice_batch': ('quantize.html#_slice_batch', 'gptq_nb/quantize.py'),
+                                  'gptq_nb.quantize._solve_linear': ('quantize.html#_solve_linear', 'gptq_nb/quantize.py'),
                                   'gptq_nb.quantize._solve_stage': ('quantize.html#_solve_stage', 'gptq_nb/quantize.py'),
                                   'gptq_nb.quantize.calibration_batches': ('quantize.html#calibration_batches', 'gptq_nb/quantize.py'),
                                   'gptq_nb.quantize.layer_record': ('quantize.html#layer_record', 'gptq_nb/quantize.py'),

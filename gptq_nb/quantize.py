@@ -119,29 +119,29 @@ def calibration_batches(calibration, batch_size:int|None=None, tokenizer=None, p
     return out, n_tok
 
 # %% ../nbs/05_quantize.ipynb #c012
+def _solve_linear(ctx, full:str, bi:int, module:str, stage:int, mod, H:Hessian):
+    "Solve one linear named `full` with its own config; write its weight, `gptq_result` and report row."
+    lcfg = ctx["config"].for_module(full)
+    if lcfg is None: return
+    W = linear_weight(mod).detach().float().clone()   # a copy: the module's weight is overwritten below
+    try:
+        res = gptq_quantize(W, H.H, lcfg.bits, lcfg.group_size, lcfg.sym, lcfg.desc_act, lcfg.static_groups,
+                            lcfg.damp_percent, lcfg.mse, lcfg.blocksize, act_group_aware=lcfg.act_group_aware)
+    except ValueError as e: raise ValueError(f"{full}: {e}") from None
+    if ctx["store_dir"] is not None:
+        from safetensors.torch import save_file
+        save_file({"W": W.contiguous().cpu(), "H": H.H.contiguous().cpu()}, str(Path(ctx["store_dir"]) / f"{full}.safetensors"))
+    set_linear_weight(mod, res.qw.dequantize())
+    qw = res.qw
+    mod.gptq_result = QuantizedWeight(qw.codes.cpu(), qw.scales.cpu(), qw.zeros.cpu(), qw.g_idx.cpu(), qw.bits,
+                                      qw.group_size, qw.sym, None if qw.perm is None else qw.perm.cpu())
+    row, tensors = layer_record(full, bi, module, stage, W, H.H, H.n, res, lcfg)
+    ctx["report"].rows.append(row); ctx["report"].layers[full] = tensors
+    if ctx["callback"] is not None: ctx["callback"](row, ctx["report"])
+
 def _solve_stage(ctx, bi:int, stage_idx:int, names:list, H:Hessian):
-    block, cfg, report = ctx["block"], ctx["config"], ctx["report"]
-    prefix = ctx["prefix"]
     for name in names:
-        full = f"{prefix}.{bi}.{name}"
-        lcfg = cfg.for_module(full)
-        if lcfg is None: continue
-        mod = ctx["linears"][name]
-        W = linear_weight(mod).detach().float().clone()   # a copy: the module's weight is overwritten below
-        try:
-            res = gptq_quantize(W, H.H, lcfg.bits, lcfg.group_size, lcfg.sym, lcfg.desc_act, lcfg.static_groups,
-                                lcfg.damp_percent, lcfg.mse, lcfg.blocksize, act_group_aware=lcfg.act_group_aware)
-        except ValueError as e: raise ValueError(f"{full}: {e}") from None
-        if ctx["store_dir"] is not None:
-            from safetensors.torch import save_file
-            save_file({"W": W.contiguous().cpu(), "H": H.H.contiguous().cpu()}, str(Path(ctx["store_dir"]) / f"{full}.safetensors"))
-        set_linear_weight(mod, res.qw.dequantize())
-        qw = res.qw
-        mod.gptq_result = QuantizedWeight(qw.codes.cpu(), qw.scales.cpu(), qw.zeros.cpu(), qw.g_idx.cpu(), qw.bits,
-                                          qw.group_size, qw.sym, None if qw.perm is None else qw.perm.cpu())
-        row, tensors = layer_record(full, bi, name, stage_idx, W, H.H, H.n, res, lcfg)
-        report.rows.append(row); report.layers[full] = tensors
-        if ctx["callback"] is not None: ctx["callback"](row, report)
+        _solve_linear(ctx, f"{ctx['prefix']}.{bi}.{name}", bi, name, stage_idx, ctx["linears"][name], H)
 
 # %% ../nbs/05_quantize.ipynb #c014
 def _run(block, hidden, args, kwargs):
@@ -258,15 +258,5 @@ def _quantize_lm_head(model, batches, config, report, device):
                 try: model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
                 except StopForward: pass
         finally: stop.remove()
-    ctx = dict(block=model, config=config, report=report, prefix="", linears={"lm_head": head}, callback=None, store_dir=None)
-    H = hh.hessian_for("lm_head")
-    cfg_full = config.for_module("lm_head")
-    if cfg_full is None: return
-    W = head.weight.detach().float().clone()
-    res = gptq_quantize(W, H.H, cfg_full.bits, cfg_full.group_size, cfg_full.sym, cfg_full.desc_act,
-                        cfg_full.static_groups, cfg_full.damp_percent, cfg_full.mse, cfg_full.blocksize,
-                        act_group_aware=cfg_full.act_group_aware)
-    set_linear_weight(head, res.qw.dequantize())
-    head.gptq_result = res.qw
-    row, tensors = layer_record("lm_head", -1, "lm_head", 0, W, H.H, H.n, res, cfg_full)
-    report.rows.append(row); report.layers["lm_head"] = tensors
+    ctx = dict(config=config, report=report, callback=None, store_dir=None)
+    _solve_linear(ctx, "lm_head", -1, "lm_head", 0, head, hh.hessian_for("lm_head"))
