@@ -43,10 +43,47 @@ def _split_store(acc, out_ptr, ws_ptr, lock_ptr, offs_m, offs_n, M, N, tile, n_s
         tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
+@triton.jit
+def _code_f32(c, MASK: tl.constexpr):
+    "The float 1 + q·2^-p from the code bits of c that `MASK` selects (bits 22 down): one LOP3, (c & MASK) | 1.0f."
+    return tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, 1065353216, 0xEA;", "=r,r,r",
+                                     [c, tl.full(c.shape, MASK, tl.int32)], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _x_pair(xw, XBF16: tl.constexpr):
+    "Two consecutive activations packed in one 32-bit word -> (first, second) as fp32."
+    if XBF16:
+        lo = (xw << 16).to(tl.float32, bitcast=True)
+        hi = (xw & -65536).to(tl.float32, bitcast=True)
+    else:
+        lo, hi = tl.inline_asm_elementwise(
+            "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }",
+            "=r,=r,r", [xw], dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
+    return lo, hi
+
+
+@triton.jit
+def _gv_row(xw_ptr, fh, fl, ah, al, sh, sl, XBF16: tl.constexpr):
+    "One row of x against one pair of bit planes: accumulate x·f per (word row, column), and the sums of x."
+    xl, xh = _x_pair(tl.load(xw_ptr), XBF16)
+    return ah + fh * xh[:, None], al + fl * xl[:, None], sh + xh, sl + xl
+
+
+@triton.jit
+def _gv_fin(ah, al, sh, sl, s, z, BITS: tl.constexpr):
+    "One tile's contribution s·(Σ q·x − z·Σ x) from the mantissa-trick sums."
+    xh = tl.sum(sh, axis=0)
+    xl = tl.sum(sl, axis=0)
+    qx = (1 << BITS) * (tl.sum(ah, axis=0) - xh) + (1 << (2 * BITS)) * (tl.sum(al, axis=0) - xl)
+    return s * (qx - z * (xh + xl))
+
+
 @triton.jit(do_not_specialize=["M"])
 def gv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, out_ptr, ws_ptr, lock_ptr, M, N, K, stride_xm, stride_z, k_per_split,
               BITS: tl.constexpr, GROUP: tl.constexpr, ZOFF: tl.constexpr, SPLIT: tl.constexpr,
-              MB: tl.constexpr, BLOCK_N: tl.constexpr, WPI: tl.constexpr, XL: tl.constexpr):
+              MB: tl.constexpr, BLOCK_N: tl.constexpr, WPI: tl.constexpr, XBF16: tl.constexpr):
+    "CUDA-core decode kernel for M <= MB <= 4 rows; K must be a multiple of the tile's rows (WPI * 32/BITS)."
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     PER: tl.constexpr = 32 // BITS
@@ -57,44 +94,48 @@ def gv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, out_ptr, ws_ptr, lock_ptr, M, N, K, 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     offs_r = tl.arange(0, WPI)
-    offs_m = tl.arange(0, MB)
-    m_mask = offs_m < M
-    y = tl.zeros((MB, BLOCK_N), dtype=tl.float32)
+    x32 = x_ptr.to(tl.pointer_type(tl.int32))
+    xs = stride_xm // 2
+    y0 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    y1 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    y2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    y3 = tl.zeros((BLOCK_N,), dtype=tl.float32)
     k_lo = pid_k * k_per_split
-    for k0 in range(k_lo, k_lo + k_per_split, ROWS):
-        wr = k0 // PER + offs_r
-        w = tl.load(qw_ptr + wr[:, None] * N + offs_n[None, :], mask=(wr[:, None] * PER < K) & n_mask[None, :], other=0)
-        grp = k0 // GROUP
-        g_mask = n_mask & (k0 < K)
-        z = (_field(qz_ptr + grp * stride_z, offs_n, g_mask, 1, BITS) + ZOFF).to(tl.float32)
-        s = tl.load(s_ptr + grp * N + offs_n, mask=g_mask, other=0.0).to(tl.float32)
-        zh = 1.0 + z * (1.0 / (1 << BITS))
-        zl = 1.0 + z * (1.0 / (1 << (2 * BITS)))
-        ah = tl.zeros((MB, BLOCK_N), dtype=tl.float32)
-        al = tl.zeros((MB, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_lo, tl.minimum(k_lo + k_per_split, K), ROWS):
+        w = tl.load(qw_ptr + (k0 // PER + offs_r)[:, None] * N + offs_n[None, :], mask=n_mask[None, :], other=0)
+        zero2 = tl.zeros((WPI, BLOCK_N), dtype=tl.float32)
+        zero1 = tl.zeros((WPI,), dtype=tl.float32)
+        ah0, al0, sh0, sl0 = zero2, zero2, zero1, zero1
+        ah1, al1, sh1, sl1 = zero2, zero2, zero1, zero1
+        ah2, al2, sh2, sl2 = zero2, zero2, zero1, zero1
+        ah3, al3, sh3, sl3 = zero2, zero2, zero1, zero1
+        xw = x32 + k0 // 2 + offs_r * (PER // 2)
         for i in tl.static_range(PER // 2):
-            SH: tl.constexpr = 23 - 2 * BITS * (i + 1)
+            SH = 23 - 2 * BITS * (i + 1)
             if SH >= 0:
                 c = w << SH
             else:
                 c = w >> (-SH)
-            fh = ((c & HI) | 0x3F800000).to(tl.float32, bitcast=True) - zh[None, :]   # (q_odd - z) / 2^b, exact
-            fl = ((c & LO) | 0x3F800000).to(tl.float32, bitcast=True) - zl[None, :]   # (q_even - z) / 2^2b, exact
-            kh = k0 + offs_r * PER + 2 * i + 1
-            kl = kh - 1
-            if XL == 1:   # MB == 1: 2-D tiles only
-                xh = tl.load(x_ptr + kh, mask=kh < K, other=0.0).to(tl.float32)
-                xl = tl.load(x_ptr + kl, mask=kl < K, other=0.0).to(tl.float32)
-                ah += tl.sum(fh * xh[:, None], axis=0)[None, :]
-                al += tl.sum(fl * xl[:, None], axis=0)[None, :]
-            else:
-                xh = tl.load(x_ptr + offs_m[:, None] * stride_xm + kh[None, :], mask=m_mask[:, None] & (kh < K)[None, :],
-                             other=0.0).to(tl.float32)
-                xl = tl.load(x_ptr + offs_m[:, None] * stride_xm + kl[None, :], mask=m_mask[:, None] & (kl < K)[None, :],
-                             other=0.0).to(tl.float32)
-                ah += tl.sum(fh[None, :, :] * xh[:, :, None], axis=1)
-                al += tl.sum(fl[None, :, :] * xl[:, :, None], axis=1)
-        y += s[None, :] * ((1 << BITS) * ah + (1 << (2 * BITS)) * al)
+            fh = _code_f32(c, HI)   # 1 + q_odd / 2^b
+            fl = _code_f32(c, LO)   # 1 + q_even / 2^2b
+            ah0, al0, sh0, sl0 = _gv_row(xw + i, fh, fl, ah0, al0, sh0, sl0, XBF16)
+            if MB > 1:
+                ah1, al1, sh1, sl1 = _gv_row(xw + xs + i, fh, fl, ah1, al1, sh1, sl1, XBF16)
+            if MB > 2:
+                ah2, al2, sh2, sl2 = _gv_row(xw + 2 * xs + i, fh, fl, ah2, al2, sh2, sl2, XBF16)
+                ah3, al3, sh3, sl3 = _gv_row(xw + 3 * xs + i, fh, fl, ah3, al3, sh3, sl3, XBF16)
+        grp = k0 // GROUP
+        z = (_field(qz_ptr + grp * stride_z, offs_n, n_mask, 1, BITS) + ZOFF).to(tl.float32)
+        s = tl.load(s_ptr + grp * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        y0 += _gv_fin(ah0, al0, sh0, sl0, s, z, BITS)
+        if MB > 1:
+            y1 += _gv_fin(ah1, al1, sh1, sl1, s, z, BITS)
+        if MB > 2:
+            y2 += _gv_fin(ah2, al2, sh2, sl2, s, z, BITS)
+            y3 += _gv_fin(ah3, al3, sh3, sl3, s, z, BITS)
+    offs_m = tl.arange(0, MB)
+    r = offs_m[:, None]
+    y = tl.where(r == 0, y0[None, :], tl.where(r == 1, y1[None, :], tl.where(r == 2, y2[None, :], y3[None, :])))
     _split_store(y, out_ptr, ws_ptr, lock_ptr, offs_m, offs_n, M, N, pid_n, tl.num_programs(1), pid_k, SPLIT)
 
 
@@ -167,10 +208,11 @@ def run(kind, x2, L, cfg, out=None):
     if kind == "gv":
         grid = (-(-N // cfg["bn"]), sk)
         locks = G._locks(x2.device, grid[0]) if sk > 1 else out
+        if K % rows or M > 4 or x2.stride(0) % 2: raise ValueError("gv needs K % rows == 0, M <= 4, even row stride")
         gv_kernel[grid](x2, L["qweight"], L["qzeros"], L["scales"], out, ws, locks, M, N, K, x2.stride(0),
                         L["qzeros"].shape[1], kps, BITS=bits, GROUP=GROUP, ZOFF=zoff, SPLIT=sk > 1,
-                        MB=max(1, 1 << (M - 1).bit_length()), BLOCK_N=cfg["bn"], WPI=cfg["wpi"], XL=cfg.get("xl", 0),
-                        num_warps=cfg["w"], num_stages=cfg.get("s", 1))
+                        MB=max(1, 1 << (M - 1).bit_length()), BLOCK_N=cfg["bn"], WPI=cfg["wpi"],
+                        XBF16=x2.dtype == torch.bfloat16, num_warps=cfg["w"], num_stages=cfg.get("s", 1))
     else:
         grid = (-(-N // cfg["bn"]), -(-M // cfg["bm"]), sk)
         locks = G._locks(x2.device, grid[0] * grid[1]) if sk > 1 else out
@@ -195,16 +237,12 @@ SET7 = [(4096, 12288), (4096, 4096), (4096, 22016), (11008, 4096)]
 
 def gv_cands(m):
     out = []
-    for bn, w, wpi, xl in itertools.product((256, 512, 1024), (1, 2, 4, 8), (8, 16), (0, 1)):
+    for bn, w, wpi in itertools.product((128, 256, 512, 1024), (1, 2, 4, 8), (4, 8)):
         cols = bn // (32 * w)
-        if not (4 <= cols <= 8): continue
-        if m > 1 and (xl == 1 or wpi == 16): continue
-        if m > 1: wpi = 4 if m == 4 else wpi
-        out.append(dict(bn=bn, w=w, wpi=wpi, xl=xl))
-    uniq = []
-    for c in out:
-        if c not in uniq: uniq.append(c)
-    return uniq
+        if cols not in (4, 8): continue
+        if m > 1 and (cols * wpi > 16): continue
+        out.append(dict(bn=bn, w=w, wpi=wpi))
+    return out
 
 
 def pl_cands(m):
