@@ -407,7 +407,7 @@ def main():
             res = []
             for kind, cfg in plan[m]:
                 if (m, kind, json.dumps(cfg)) in bad: continue
-                for sk in (1, 2, 4, 8, 16):
+                for sk in (1, 2, 4, 8, 16) + ((32,) if kind == "gv" else ()):
                     if K // sk < cfg["wpi"] * 8: continue
                     c = dict(cfg, sk=sk)
                     t = safe(lambda: graph_time([lambda L=L: run(kind, x, L, c) for L in Ls]))
