@@ -109,10 +109,18 @@ def gv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, out_ptr, ws_ptr, lock_ptr, M, N, K, 
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, K)
     w_ptrs = qw_ptr + (k_lo // PER + offs_r)[:, None] * N + offs_n[None, :]
-    if PF:
+    if PF >= 1:
         w_next = tl.load(w_ptrs, mask=n_mask[None, :] & (k_lo < k_hi), other=0)
+    if PF >= 2:
+        w_next2 = tl.load(w_ptrs + WPI * N, mask=n_mask[None, :] & (k_lo + ROWS < k_hi), other=0)
+        w_ptrs += WPI * N
     for k0 in range(k_lo, k_hi, ROWS):
-        if PF:   # registers double-buffer: the next tile's words are in flight while this one is computed
+        if PF >= 2:   # two tiles in flight while this one is computed
+            w = w_next
+            w_next = w_next2
+            w_ptrs += WPI * N
+            w_next2 = tl.load(w_ptrs, mask=n_mask[None, :] & (k0 + 2 * ROWS < k_hi), other=0)
+        elif PF == 1:   # registers double-buffer: the next tile's words are in flight while this one is computed
             w = w_next
             w_ptrs += WPI * N
             w_next = tl.load(w_ptrs, mask=n_mask[None, :] & (k0 + ROWS < k_hi), other=0)
@@ -285,9 +293,9 @@ SET7 = [(4096, 12288), (4096, 4096), (4096, 22016), (11008, 4096)]
 
 def gv_cands(m):
     out = []
-    for bn, w, wpi, pf in itertools.product((128, 256, 512, 1024), (1, 2, 4, 8), (4, 8), (0, 1)):
+    for bn, w, wpi, pf in itertools.product((64, 128, 256, 512), (1, 2, 4), (4, 8), (1, 2)):
         cols = bn // (32 * w)
-        if cols not in (4, 8): continue
+        if cols not in (2, 4, 8) or cols * wpi > 32: continue
         if m > 1 and (cols * wpi > 16): continue
         out.append(dict(bn=bn, w=w, wpi=wpi, pf=pf))
     return out
@@ -410,7 +418,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--ms", default="1,4")
+    ap.add_argument("--ms", default="1")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     R = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
