@@ -53,8 +53,9 @@ def args_of(L, g_idx=True):
 
 
 # ----------------------------------------------------------------------------------------------------------------- check
-def check():
-    log("== check: kernels vs float64 reference")
+def check(fast=False):
+    "fast=True: 4- and 3-bit cases only (the shared split-K epilogue and the launcher), for a short GPU call."
+    log("== check: kernels vs float64 reference" + (" (fast subset)" if fast else ""))
     fails, n = [], 0
     cfgs = [None,
             dict(bm=16, bn=64, bk=128, sk=4, w=4, s=3, u=1, c=1),
@@ -63,9 +64,10 @@ def check():
             dict(bm=32, bn=64, bk=32, sk=2, w=4, s=3, u=1, c=1),
             {"mode": "dequant"}]
     cases = []
-    for bits in (4, 8, 2, 3):
+    for bits in ((4, 3) if fast else (4, 8, 2, 3)):
         shapes = ((1088, 1001, 128), (576, 1536, 32), (576, 1536, -1), (4096, 4096, 128)) if bits == 4 else \
                  ((1088, 1001, 128), (576, 1536, -1))
+        if fast: shapes = shapes[:1] + shapes[-1:]
         for (K, N, gs) in shapes:
             for fmt, ao, sym in (("gptq", False, True), ("gptq_v2", True, False), ("gptq", True, False)):
                 cases.append((bits, K, N, gs, fmt, ao, sym))
@@ -98,10 +100,19 @@ def check():
                     fails.append((bits, K, N, gs, fmt, ao, sym, m, str(dt), name, cfg, e, det))
                     log("FAIL", fails[-1])
         if ci % 8 == 0: log(f"  case {ci}/{len(cases)}  {time.time() - t0:.0f}s  worst so far ok, fails={len(fails)}")
-    # CUDA graph capture and replay (split-K counters must reset themselves)
+    # CUDA graph capture and replay (split-K counters must reset themselves), fused and decode kernels
+    for cfg in (dict(bm=16, bn=64, bk=128, sk=8, w=4, s=3, u=1, c=1), dict(mode="gemv", bn=256, wpi=8, sk=16, w=2, pf=1)):
+        n += 1
+        e = graph_check(cfg)
+        log(f"  cuda graph replay {cfg.get('mode', 'fused')}: rel err {e:.2e}")
+        if not e <= 2e-3: fails.append(("cudagraph", cfg, e))
+    log(f"== check: {n} runs, {len(fails)} failures, {time.time() - t0:.0f}s")
+    return dict(runs=n, failures=[str(f) for f in fails])
+
+
+def graph_check(cfg):
     L = layer(4096, 4096)
     x = torch.randn(1, 4096, device=dev, dtype=torch.float16)
-    cfg = dict(bm=16, bn=64, bk=128, sk=8, w=4, s=3, u=1, c=1)
     y = G.gptq_gemm(x, config=cfg, **args_of(L, False))
     s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -113,12 +124,7 @@ def check():
     x.copy_(torch.randn_like(x))
     for _ in range(5): g.replay()
     torch.cuda.synchronize()
-    e = rel(yg, G.ref_gemm(x, **args_of(L, False)))
-    n += 1
-    log(f"  cuda graph replay rel err {e:.2e}")
-    if not e <= 2e-3: fails.append(("cudagraph", e))
-    log(f"== check: {n} runs, {len(fails)} failures, {time.time() - t0:.0f}s")
-    return dict(runs=n, failures=[str(f) for f in fails])
+    return rel(yg, G.ref_gemm(x, **args_of(L, False)))
 
 
 # ------------------------------------------------------------------------------------------------------------------ time
@@ -279,10 +285,11 @@ def tune(records):
 
 
 def gemv_cands():
+    "Decode-kernel configs around the explore.py winners: 2-8 columns and 4-8 words per thread, prefetch on."
     out = []
-    for bn, wpi, w in itertools.product((128, 256, 512, 1024), (4, 8, 16), (1, 2, 4, 8)):
+    for bn, w, wpi in itertools.product((64, 128, 256, 512), (1, 2, 4), (4, 8)):
         cols = bn // (32 * w)
-        if 1 <= cols <= 8: out.append(dict(mode="gemv", bn=bn, wpi=wpi, w=w, s=1))
+        if cols in (2, 4, 8) and cols * wpi <= 32: out.append(dict(mode="gemv", bn=bn, wpi=wpi, w=w, pf=1))
     return out
 
 
@@ -294,13 +301,14 @@ def check_gemv():
             for fmt, ao in (("gptq", False), ("gptq_v2", True)):
                 L = layer(K, N, bits, gs, ao, fmt, seed=n)
                 P = G.prepare(**args_of(L))
-                for m, dt in ((1, torch.float16), (2, torch.bfloat16), (3, torch.float16), (4, torch.float16), (8, torch.float16)):
+                for m, dt in ((1, torch.float16), (2, torch.bfloat16), (3, torch.float16), (4, torch.bfloat16), (8, torch.float16)):
                     x = torch.randn(m, K, device=dev, dtype=dt)
                     b = (torch.randn(N, device=dev) * 0.1).to(dt) if m == 3 else None
                     ref = G.ref_gemm(x, bias=b, **args_of(L))
                     P.bias = b
                     wpi = 4 if (gs == 32 and bits == 4) else (2 if gs == 32 else 8)
-                    for cfg in (dict(mode="gemv", bn=256, wpi=wpi, sk=1, w=2), dict(mode="gemv", bn=512, wpi=wpi, sk=4, w=4), None):
+                    for cfg in (dict(mode="gemv", bn=256, wpi=wpi, sk=1, w=2, pf=0), dict(mode="gemv", bn=512, wpi=wpi, sk=4, w=4, pf=1),
+                                dict(mode="gemv", bn=64, wpi=wpi, sk=3, w=1, pf=1), None):
                         y = P(x, cfg); y2 = P(x, cfg); torch.cuda.synchronize()
                         e = rel(y, ref); n += 1
                         tol = 2e-3 if dt == torch.float16 else 6e-3
@@ -314,9 +322,9 @@ def tune_gemv(records, table):
     log("== tune gemv (CUDA-graph timing)")
     t0 = time.time()
     cands = gemv_cands()
-    precompile([(m, dict(c, sk=sk)) for m in (1, 4) for c in cands for sk in (1, 2)])
+    precompile([(m, dict(c, sk=sk)) for m in (1,) for c in cands for sk in (1, 2)])
     alltimes = []
-    for m in (1, 4):
+    for m in (1,):
         for setname in ("7B", "70B"):
             for i, (K, N) in enumerate(SETS[setname]):
                 Ls = copies(layer(K, N, seed=i), n_copies(qbytes(K, N)))
@@ -326,7 +334,7 @@ def tune_gemv(records, table):
                 best = (safe_graph_time([lambda A=A: G.gptq_gemm(x, config=prev, **A) for A in Ls]), prev)
                 t_prev = best[0]
                 for cand in cands:
-                    for sk in (1, 2, 4, 8, 16, 32):
+                    for sk in (8, 16, 32, 64):
                         if K // sk < cand["wpi"] * 8: continue
                         cfg = dict(cand, sk=sk)
                         t = safe_graph_time([lambda A=A, cfg=cfg: G.gptq_gemm(x, config=cfg, **A) for A in Ls])
@@ -411,6 +419,8 @@ def s1(records, tuned):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--check-fast", action="store_true")
+    ap.add_argument("--profile-one", action="store_true", help="run the m=1 decode kernel 20 times (for ncu)")
     ap.add_argument("--tune", action="store_true")
     ap.add_argument("--s1", action="store_true")
     ap.add_argument("--check-gemv", action="store_true")
@@ -427,7 +437,12 @@ def main():
     def save():
         json.dump(records, open(os.path.join(a.out, "bench_records.json"), "w"), indent=1, default=str)
     try:
+        if a.profile_one:
+            L = layer(4096, 22016); x = torch.randn(1, 4096, device=dev, dtype=torch.float16)
+            for _ in range(20): G.gptq_gemm(x, **args_of(L, False))
+            torch.cuda.synchronize(); return
         if a.check: records["check"] = check(); save()
+        if a.check_fast: records["check"] = check(fast=True); save()
         if a.tuned: G.load_tuning(a.tuned)
         if a.tune:
             t = tune(records)

@@ -182,12 +182,42 @@ def _unpack_rows(qw_ptr, offs_k, offs_n, k0, k_hi, n_mask, N, BITS: tl.constexpr
         q = _field(qw_ptr + offs_n[None, :], offs_k[:, None], k_mask[:, None] & n_mask[None, :], N, BITS)
     return q
 
+@_jit
+def _split_store(acc, out_ptr, ws_ptr, lock_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, tile, n_split, pid_k,
+                 SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, RED: tl.constexpr):
+    "Write acc [BM, BN] (+ bias). With SPLIT, park the fp32 partial; the last program of the tile sums all partials."
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    out_mask = m_mask[:, None] & n_mask[None, :]
+    if SPLIT:
+        ws_off = offs_m[:, None] * N + offs_n[None, :]
+        tl.store(ws_ptr + pid_k * M * N + ws_off, acc, mask=out_mask)
+        tl.debug_barrier()
+        count = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel", scope="gpu")
+        if count == n_split - 1:   # everyone else has written: reduce in a fixed order, RED partials in flight at once
+            acc = tl.zeros(acc.shape, dtype=tl.float32)
+            offs_s = tl.arange(0, RED)
+            for s0 in range(0, n_split, RED):
+                sp = s0 + offs_s
+                acc += tl.sum(tl.load(ws_ptr + sp[:, None, None] * M * N + ws_off[None, :, :],
+                                      mask=(sp < n_split)[:, None, None] & out_mask[None, :, :], other=0.0,
+                                      cache_modifier=".cg"), axis=0)
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+            tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+            tl.atomic_xchg(lock_ptr + tile, 0)   # ready for the next launch (and for CUDA-graph replays)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+
 @_jit(do_not_specialize=["M"])   # one compile serves every batch size
 def _gptq_mm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, gi_ptr, b_ptr, out_ptr, ws_ptr, lock_ptr,
                     M, N, K, stride_xm, stride_om, stride_z, k_per_split,
                     BITS: tl.constexpr, GROUP: tl.constexpr, ZOFF: tl.constexpr, HAS_GIDX: tl.constexpr,
                     HAS_BIAS: tl.constexpr, PER_BLOCK: tl.constexpr, UNPACK: tl.constexpr, CVT: tl.constexpr,
-                    SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    RED: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -230,25 +260,8 @@ def _gptq_mm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, gi_ptr, b_ptr, out_ptr, ws_ptr
                 wq = wq.to(x.dtype)
             acc = tl.dot(x, wq, acc)
     out_mask = m_mask[:, None] & n_mask[None, :]
-    if SPLIT:
-        # fp32 partial -> workspace; the last program of this tile reduces in a fixed order
-        tile = pid_m * tl.num_programs(0) + pid_n
-        ws_off = offs_m[:, None] * N + offs_n[None, :]
-        tl.store(ws_ptr + pid_k * M * N + ws_off, acc, mask=out_mask)
-        tl.debug_barrier()
-        count = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel", scope="gpu")
-        if count == tl.num_programs(2) - 1:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for s_i in range(0, tl.num_programs(2)):
-                acc += tl.load(ws_ptr + s_i * M * N + ws_off, mask=out_mask, other=0.0, cache_modifier=".cg")
-            if HAS_BIAS:
-                acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-            tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=out_mask)
-            tl.atomic_xchg(lock_ptr + tile, 0)
-    else:
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+    _split_store(acc, out_ptr, ws_ptr, lock_ptr, b_ptr, offs_m, offs_n, M, N, stride_om,
+                 pid_m * tl.num_programs(0) + pid_n, tl.num_programs(2), pid_k, SPLIT, HAS_BIAS, RED)
 
 @_jit
 def _gptq_dequant_kernel(qw_ptr, qz_ptr, s_ptr, gi_ptr, out_ptr, N, K, stride_z,
@@ -272,79 +285,114 @@ def _gptq_dequant_kernel(qw_ptr, qz_ptr, s_ptr, gi_ptr, out_ptr, N, K, stride_z,
     tl.store(out_ptr + offs_k[:, None] * N + offs_n[None, :], w.to(out_ptr.dtype.element_ty), mask=mask2)
 
 # %% ../../nbs/20_kernels.ipynb #c017
+@_jit
+def _code_f32(c, MASK: tl.constexpr, ASM: tl.constexpr):
+    "The float 1 + q·2^-p for the code bits of `c` that MASK picks (just under the exponent): `(c & MASK) | 1.0f`."
+    if ASM:   # one LOP3 (ptxas splits the plain expression into an AND and an OR)
+        return tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, 1065353216, 0xEA;", "=r,r,r",
+                                         [c, tl.full(c.shape, MASK, tl.int32)], dtype=tl.float32, is_pure=True, pack=1)
+    else:     # Triton's CPU interpreter runs no PTX
+        return ((c & MASK) | 0x3F800000).to(tl.float32, bitcast=True)
+
+@_jit
+def _x_pair(xw, XBF16: tl.constexpr, ASM: tl.constexpr):
+    "Two consecutive activations packed in one 32-bit word -> (first, second) as fp32."
+    if XBF16:   # bf16 is the top half of an fp32
+        lo = (xw << 16).to(tl.float32, bitcast=True)
+        hi = (xw & -65536).to(tl.float32, bitcast=True)
+    elif ASM:
+        lo, hi = tl.inline_asm_elementwise(
+            "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }",
+            "=r,=r,r", [xw], dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
+    else:
+        lo = (xw & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        hi = ((xw >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return lo, hi
+
+@_jit
+def _gemv_row(xw_ptr, ok, fh, fl, ah, al, sh, sl, XBF16: tl.constexpr, ASM: tl.constexpr):
+    "One row of x (`ok`: the row exists) against one pair of code slots: sums of x·f per (word row, column), and of x."
+    xl, xh = _x_pair(tl.load(xw_ptr, mask=ok, other=0), XBF16, ASM)
+    return ah + fh * xh[:, None], al + fl * xl[:, None], sh + xh, sl + xl
+
+@_jit
+def _gemv_tile(ah, al, sh, sl, s, z, BITS: tl.constexpr):
+    "A tile's s·Σ x·(q − z) from the slot sums: Σ q·x = 2^b·(A_hi − X_hi) + 2^2b·(A_lo − X_lo)."
+    xh = tl.sum(sh, axis=0)
+    xl = tl.sum(sl, axis=0)
+    qx = (1 << BITS) * (tl.sum(ah, axis=0) - xh) + (1 << (2 * BITS)) * (tl.sum(al, axis=0) - xl)
+    return s * (qx - z * (xh + xl))
+
 @_jit(do_not_specialize=["M"])
 def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock_ptr,
                       M, N, K, stride_xm, stride_om, stride_z, k_per_split,
                       BITS: tl.constexpr, GROUP: tl.constexpr, ZOFF: tl.constexpr, HAS_BIAS: tl.constexpr,
-                      SPLIT: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr, WPI: tl.constexpr):
+                      SPLIT: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr, WPI: tl.constexpr,
+                      PF: tl.constexpr, XBF16: tl.constexpr, ASM: tl.constexpr, RED: tl.constexpr):
+    "CUDA-core decode: M ≤ MB ≤ 4 rows; K a multiple of the tile's WPI·32/BITS rows, which divide GROUP."
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     PER: tl.constexpr = 32 // BITS
-    SLOTS: tl.constexpr = 2 if BITS < 8 else 1
     ROWS: tl.constexpr = WPI * PER
-    M1: tl.constexpr = 1 << BITS
     HI: tl.constexpr = ((1 << BITS) - 1) << (23 - BITS)
     LO: tl.constexpr = ((1 << BITS) - 1) << (23 - 2 * BITS)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
-    offs_m = tl.arange(0, MB)
-    m_mask = offs_m < M
-    x_rows = x_ptr + offs_m * stride_xm
-    y = tl.zeros((MB, BLOCK_N), dtype=tl.float32)
+    offs_r = tl.arange(0, WPI)
+    x32 = x_ptr.to(tl.pointer_type(tl.int32))   # activations read two at a time
+    xs = stride_xm // 2
+    y0 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    y1 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    y2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    y3 = tl.zeros((BLOCK_N,), dtype=tl.float32)
     k_lo = pid_k * k_per_split
-    for k0 in range(k_lo, k_lo + k_per_split, ROWS):
-        a_hi = tl.zeros((MB, BLOCK_N), dtype=tl.float32)
-        a_lo = tl.zeros((MB, BLOCK_N), dtype=tl.float32)
-        for kw in tl.static_range(WPI):
-            kr = k0 + kw * PER
-            w = tl.load(qw_ptr + (k0 // PER + kw) * N + offs_n, mask=n_mask & (kr < K), other=0)
-            for i in tl.static_range(PER // SLOTS):
-                SH = 23 - SLOTS * BITS * (i + 1)
-                if SH >= 0:
-                    c = w << SH
-                else:
-                    c = w >> (-SH)
-                r_hi = kr + SLOTS * i + SLOTS - 1
-                f_hi = ((c & HI) | 0x3F800000).to(tl.float32, bitcast=True)
-                x_hi = tl.load(x_rows + r_hi, mask=m_mask & (r_hi < K), other=0.0).to(tl.float32)
-                a_hi += x_hi[:, None] * f_hi[None, :]
-                if SLOTS == 2:
-                    r_lo = kr + 2 * i
-                    f_lo = ((c & LO) | 0x3F800000).to(tl.float32, bitcast=True)
-                    x_lo = tl.load(x_rows + r_lo, mask=m_mask & (r_lo < K), other=0.0).to(tl.float32)
-                    a_lo += x_lo[:, None] * f_lo[None, :]
-        rows = k0 + tl.arange(0, ROWS)
-        xb = tl.load(x_rows[:, None] + rows[None, :], mask=m_mask[:, None] & (rows < K)[None, :], other=0.0).to(tl.float32)
-        is_hi = (tl.arange(0, ROWS) % SLOTS) == SLOTS - 1
-        X = tl.sum(xb, axis=1)
-        X_hi = tl.sum(tl.where(is_hi[None, :], xb, 0.0), axis=1)
+    k_hi = tl.minimum(k_lo + k_per_split, K)
+    w_ptrs = qw_ptr + (k_lo // PER + offs_r)[:, None] * N + offs_n[None, :]
+    if PF:
+        w_next = tl.load(w_ptrs, mask=n_mask[None, :] & (k_lo < k_hi), other=0)
+    for k0 in range(k_lo, k_hi, ROWS):
+        if PF:   # double-buffered in registers: the next tile's words are in flight while this one is used
+            w = w_next
+            w_ptrs += WPI * N
+            w_next = tl.load(w_ptrs, mask=n_mask[None, :] & (k0 + ROWS < k_hi), other=0)
+        else:
+            w = tl.load(w_ptrs, mask=n_mask[None, :], other=0)
+            w_ptrs += WPI * N
+        z2 = tl.zeros((WPI, BLOCK_N), dtype=tl.float32)
+        z1 = tl.zeros((WPI,), dtype=tl.float32)
+        ah0, al0, sh0, sl0 = z2, z2, z1, z1
+        ah1, al1, sh1, sl1 = z2, z2, z1, z1
+        ah2, al2, sh2, sl2 = z2, z2, z1, z1
+        ah3, al3, sh3, sl3 = z2, z2, z1, z1
+        xw = x32 + k0 // 2 + offs_r * (PER // 2)
+        for i in tl.static_range(PER // 2):   # codes 2i and 2i+1 of every word: one shift, two LOP3s
+            SH = 23 - 2 * BITS * (i + 1)
+            if SH >= 0:
+                c = w << SH
+            else:
+                c = w >> (-SH)
+            fh = _code_f32(c, HI, ASM)   # 1 + q_(2i+1) / 2^b
+            fl = _code_f32(c, LO, ASM)   # 1 + q_(2i) / 2^2b
+            ah0, al0, sh0, sl0 = _gemv_row(xw + i, 0 < M, fh, fl, ah0, al0, sh0, sl0, XBF16, ASM)
+            if MB > 1:
+                ah1, al1, sh1, sl1 = _gemv_row(xw + xs + i, 1 < M, fh, fl, ah1, al1, sh1, sl1, XBF16, ASM)
+            if MB > 2:
+                ah2, al2, sh2, sl2 = _gemv_row(xw + 2 * xs + i, 2 < M, fh, fl, ah2, al2, sh2, sl2, XBF16, ASM)
+                ah3, al3, sh3, sl3 = _gemv_row(xw + 3 * xs + i, 3 < M, fh, fl, ah3, al3, sh3, sl3, XBF16, ASM)
         grp = k0 // GROUP
-        g_mask = n_mask & (k0 < K)   # the last split may step past K: never read a group that isn't there
-        z = (_field(qz_ptr + grp * stride_z, offs_n, g_mask, 1, BITS) + ZOFF).to(tl.float32)
-        s = tl.load(s_ptr + grp * N + offs_n, mask=g_mask, other=0.0).to(tl.float32)
-        t = M1 * (a_hi - X_hi[:, None])
-        if SLOTS == 2:
-            t += (M1 * M1) * (a_lo - (X - X_hi)[:, None])
-        y += s[None, :] * (t - z[None, :] * X[:, None])
-    out_mask = m_mask[:, None] & n_mask[None, :]
-    o_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
-    if SPLIT:
-        ws_off = offs_m[:, None] * N + offs_n[None, :]
-        tl.store(ws_ptr + pid_k * M * N + ws_off, y, mask=out_mask)
-        tl.debug_barrier()
-        count = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
-        if count == tl.num_programs(1) - 1:
-            y = tl.zeros((MB, BLOCK_N), dtype=tl.float32)
-            for s_i in range(0, tl.num_programs(1)):
-                y += tl.load(ws_ptr + s_i * M * N + ws_off, mask=out_mask, other=0.0, cache_modifier=".cg")
-            if HAS_BIAS:
-                y += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-            tl.store(o_ptrs, y.to(out_ptr.dtype.element_ty), mask=out_mask)
-            tl.atomic_xchg(lock_ptr + pid_n, 0)
-    else:
-        if HAS_BIAS:
-            y += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-        tl.store(o_ptrs, y.to(out_ptr.dtype.element_ty), mask=out_mask)
+        z = (_field(qz_ptr + grp * stride_z, offs_n, n_mask, 1, BITS) + ZOFF).to(tl.float32)
+        s = tl.load(s_ptr + grp * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        y0 += _gemv_tile(ah0, al0, sh0, sl0, s, z, BITS)
+        if MB > 1:
+            y1 += _gemv_tile(ah1, al1, sh1, sl1, s, z, BITS)
+        if MB > 2:
+            y2 += _gemv_tile(ah2, al2, sh2, sl2, s, z, BITS)
+            y3 += _gemv_tile(ah3, al3, sh3, sl3, s, z, BITS)
+    offs_m = tl.arange(0, MB)
+    r = offs_m[:, None]
+    y = tl.where(r == 0, y0[None, :], tl.where(r == 1, y1[None, :], tl.where(r == 2, y2[None, :], y3[None, :])))
+    _split_store(y, out_ptr, ws_ptr, lock_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, pid_n, tl.num_programs(1),
+                 pid_k, SPLIT, HAS_BIAS, RED)
 
 # %% ../../nbs/20_kernels.ipynb #c019
 _LOCKS: dict = {}
@@ -371,17 +419,21 @@ def _group(K:int, group_size:int) -> int:
 
 def _pow2_floor(v:int) -> int: return 1 << (max(int(v), 1).bit_length() - 1)
 
-def default_config(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="cuda", gemv:bool=False) -> dict:
-    "Heuristic launch config for a shape when the tuning table has none (gemv=True: the CUDA-core decode kernel)."
+def default_config(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="cuda", gemv:bool|None=None) -> dict:
+    """Heuristic launch config for a shape the tuning table lacks. gemv: the CUDA-core decode kernel (None: for m ≤ 2,
+    where it won on the H200; kernels/RESULTS.md)."""
     if m > 128: return {"mode": "dequant"}
     g = _group(K, group_size)
+    if gemv is None: gemv = m <= 2
     if gemv and m <= 4 and bits in (2, 4, 8):
-        wpi = 8 if bits != 8 else 16
-        while g % (wpi * 32 // bits) and wpi > 1: wpi //= 2
-        bn = 256
-        tiles = -(-N // bn)
-        sk = max(1, min(_pow2_floor(max(1, 4 * _sms(device) // tiles)), max(1, K // (wpi * 32 // bits))))
-        return dict(mode="gemv", bn=bn, wpi=wpi, sk=sk, w=2, s=1)
+        per = 32 // bits
+        wpi = 8
+        while wpi > 1 and (g % (wpi * per) or K % (wpi * per)): wpi //= 2
+        if g % (wpi * per) == 0 and K % (wpi * per) == 0:
+            bn, w = 256, 2   # the H200's winners had 4-8 columns and 4-8 words per thread, ~1.5-6k warps in flight
+            tiles = -(-N // bn)
+            sk = max(1, min(32, _pow2_floor(max(1, 8 * _sms(device) // tiles)), max(1, K // (2 * wpi * per))))
+            return dict(mode="gemv", bn=bn, wpi=wpi, sk=sk, w=w, pf=1)
     bk = 128
     while g % bk and bk > 16: bk //= 2
     if m <= 16:
@@ -393,15 +445,12 @@ def default_config(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="
 
 # %% ../../nbs/20_kernels.ipynb #c020
 # Per-card tuning table: card name -> "bits/m/K/N" -> config, from kernels/tuned_<card>.json (kernels/bench.py --tune).
-TUNED: dict = {"NVIDIA H200": {  # kernels/bench.py --tune, 2026-11-27, CUDA-graph timing (kernels/RESULTS.md)
-    "4/1/4096/12288": dict(bm=16, bn=128, bk=128, sk=4, w=4, s=3, u=1, c=0),
-    "4/1/4096/4096": dict(bm=16, bn=64, bk=128, sk=8, w=4, s=2, u=1, c=0),
-    "4/1/4096/22016": dict(bm=16, bn=128, bk=128, sk=8, w=4, s=2, u=1, c=0),
-    "4/1/11008/4096": dict(bm=16, bn=64, bk=128, sk=8, w=4, s=3, u=1, c=0),
-    "4/1/8192/10240": dict(bm=16, bn=128, bk=64, sk=8, w=4, s=3, u=1, c=0),
-    "4/1/8192/8192": dict(bm=16, bn=128, bk=128, sk=8, w=4, s=2, u=1, c=0),
-    "4/1/8192/57344": dict(bm=16, bn=128, bk=64, sk=4, w=4, s=3, u=1, c=0),
-    "4/1/28672/8192": dict(bm=16, bn=128, bk=128, sk=8, w=4, s=2, u=1, c=0),
+TUNED: dict = {"NVIDIA H200": {  # kernels/bench.py --tune and kernels/explore.py, 2026-11-27, CUDA-graph timing
+    # (kernels/RESULTS.md). m=1 on the 7B set: the CUDA-core decode kernel.
+    "4/1/4096/12288": dict(mode="gemv", bn=128, wpi=8, sk=16, w=1, pf=1),
+    "4/1/4096/4096": dict(mode="gemv", bn=512, wpi=8, sk=32, w=4, pf=1),
+    "4/1/4096/22016": dict(mode="gemv", bn=512, wpi=4, sk=32, w=4, pf=1),
+    "4/1/11008/4096": dict(mode="gemv", bn=64, wpi=8, sk=32, w=1, pf=1),
     "4/4/4096/12288": dict(bm=16, bn=128, bk=128, sk=4, w=4, s=3, u=1, c=0),
     "4/4/4096/4096": dict(bm=16, bn=64, bk=128, sk=8, w=4, s=2, u=1, c=0),
     "4/4/4096/22016": dict(bm=16, bn=128, bk=64, sk=8, w=4, s=3, u=1, c=0),
@@ -455,6 +504,8 @@ def load_tuning(path_or_dict) -> None:
 def pick_config(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="cuda") -> dict:
     "The tuned config for the smallest tuned m-bucket >= m on this card and shape, else `default_config`."
     table = TUNED.get(_card(device), {})
+    if m <= 2 and f"{bits}/1/{K}/{N}" not in table:   # decode: the heuristic's CUDA-core kernel, not the m=4 entry
+        return default_config(m, K, N, bits, group_size, device)
     for mb in _M_BUCKETS:
         if mb >= m:
             c = table.get(f"{bits}/{mb}/{K}/{N}")
@@ -464,6 +515,33 @@ def pick_config(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="cud
     return default_config(m, K, N, bits, group_size, device)
 
 # %% ../../nbs/20_kernels.ipynb #c021
+_FAST: dict = {}
+
+def _fast_ok() -> bool:
+    "The thin launcher is used with the Triton it was written against (3.6), on CUDA; GPTQ_NB_FAST_LAUNCH=0 turns it off."
+    return (triton is not None and triton.__version__.startswith("3.6.") and not _interpret()
+            and os.environ.get("GPTQ_NB_FAST_LAUNCH", "1") != "0")
+
+def _launch(kernel, grid, args, consts, num_warps, num_stages):
+    """Launch `kernel[grid](*args, **consts)`. After the first launch of a specialisation, call its compiled C launcher
+    directly: Triton's generic path re-binds and re-hashes every argument, tens of µs per call (kernels/RESULTS.md)."""
+    if not _fast_ok():
+        return kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
+    dev = args[0].device.index
+    # the specialisation Triton would key on: int divisibility, ones and width; pointer dtype and 16-byte alignment
+    spec = tuple((a % 16 == 0, a == 1, -2**31 <= a < 2**31) if type(a) is int else (a.dtype, a.data_ptr() % 16 == 0)
+                 for a in args)
+    key = (id(kernel), dev, tuple(consts.items()), num_warps, num_stages, spec)
+    hit = _FAST.get(key)
+    if hit is None:
+        ck = kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
+        _FAST[key] = (ck, [consts[n] for n in kernel.arg_names[len(args):]])
+        return ck
+    ck, const_vals = hit
+    ck.run(grid[0], grid[1], grid[2], torch.cuda.current_stream(dev).cuda_stream, ck.function, ck.packed_metadata,
+           None, None, None, *args, *const_vals)
+    return ck
+
 def _fused(x2, qweight, qzeros, scales, g_idx, bits, group_size, zoff, bias, cfg):
     "Launch the fused kernel on 2-D x2 [M, K] with launch config `cfg`."
     M, K = x2.shape
@@ -480,38 +558,46 @@ def _fused(x2, qweight, qzeros, scales, g_idx, bits, group_size, zoff, bias, cfg
     grid = (-(-N // bn), -(-M // bm), sk)
     ws = torch.empty(sk, M, N, dtype=torch.float32, device=x2.device) if sk > 1 else out
     locks = _locks(x2.device, grid[0] * grid[1]) if sk > 1 else out
-    _gptq_mm_kernel[grid](x2, qweight, qzeros, scales, g_idx if g_idx is not None else qweight,
-                          bias if bias is not None else out, out, ws, locks,
-                          M, N, K, x2.stride(0), out.stride(0), qzeros.shape[1], kps,
-                          BITS=bits, GROUP=G, ZOFF=zoff, HAS_GIDX=g_idx is not None, HAS_BIAS=bias is not None,
-                          PER_BLOCK=per_block, UNPACK=unpack, CVT=cvt, SPLIT=sk > 1,
-                          BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=cfg.get("w", 4), num_stages=cfg.get("s", 3))
+    _launch(_gptq_mm_kernel, grid,
+            (x2, qweight, qzeros, scales, g_idx if g_idx is not None else qweight, bias if bias is not None else out,
+             out, ws, locks, M, N, K, x2.stride(0), out.stride(0), qzeros.shape[1], kps),
+            dict(BITS=bits, GROUP=G, ZOFF=zoff, HAS_GIDX=g_idx is not None, HAS_BIAS=bias is not None,
+                 PER_BLOCK=per_block, UNPACK=unpack, CVT=cvt, SPLIT=sk > 1, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                 RED=max(1, min(8, 4096 // (bm * bn)))),
+            cfg.get("w", 4), cfg.get("s", 3))
     return out
 
 def _gemv(x2, qweight, qzeros, scales, bits, group_size, zoff, bias, cfg):
-    "Launch the CUDA-core decode kernel (m ≤ 8, b ∈ {2, 4, 8}, natural group order)."
+    "Launch the CUDA-core decode kernel (m ≤ 4, b ∈ {2, 4, 8}, natural group order; see `_gemv_ok`)."
     M, K = x2.shape
     N = scales.shape[1]
     bn, wpi = cfg.get("bn", 256), cfg.get("wpi", 8)
     rows = wpi * (32 // bits)
     G = _group(K, group_size)
-    if G % rows: raise ValueError(f"gemv config wpi={wpi} covers {rows} rows, which must divide group_size={group_size}.")
+    if G % rows or K % rows:
+        raise ValueError(f"gemv config wpi={wpi} covers {rows} rows, which must divide group_size={group_size} and K={K}.")
     kps = -(-(-(-K // max(1, cfg.get("sk", 1)))) // rows) * rows
     sk = -(-K // kps)
+    mb = max(1, 1 << (M - 1).bit_length())
     out = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
-    grid = (-(-N // bn), sk)
+    grid = (-(-N // bn), sk, 1)
     ws = torch.empty(sk, M, N, dtype=torch.float32, device=x2.device) if sk > 1 else out
     locks = _locks(x2.device, grid[0]) if sk > 1 else out
-    _gptq_gemv_kernel[grid](x2, qweight, qzeros, scales, bias if bias is not None else out, out, ws, locks,
-                            M, N, K, x2.stride(0), out.stride(0), qzeros.shape[1], kps,
-                            BITS=bits, GROUP=G, ZOFF=zoff, HAS_BIAS=bias is not None, SPLIT=sk > 1,
-                            MB=max(1, 1 << (M - 1).bit_length()), BLOCK_N=bn, WPI=wpi,
-                            num_warps=cfg.get("w", 4), num_stages=cfg.get("s", 1))
+    _launch(_gptq_gemv_kernel, grid,
+            (x2, qweight, qzeros, scales, bias if bias is not None else out, out, ws, locks,
+             M, N, K, x2.stride(0), out.stride(0), qzeros.shape[1], kps),
+            dict(BITS=bits, GROUP=G, ZOFF=zoff, HAS_BIAS=bias is not None, SPLIT=sk > 1, MB=mb, BLOCK_N=bn, WPI=wpi,
+                 PF=int(cfg.get("pf", 1)), XBF16=x2.dtype == torch.bfloat16, ASM=not _interpret(),
+                 RED=max(1, min(8, 4096 // (mb * bn)))),
+            cfg.get("w", 2), cfg.get("s", 1))
     return out
 
-def _gemv_ok(M, bits, g_idx, K, group_size, cfg):
-    return (M <= 8 and bits in (2, 4, 8) and g_idx is None
-            and _group(K, group_size) % (cfg.get("wpi", 8) * (32 // bits)) == 0)
+def _gemv_ok(x2, bits, g_idx, group_size, cfg):
+    "Can the decode kernel take this call: ≤ 4 rows, b ∈ {2, 4, 8}, no g_idx, tiles that divide K and the group."
+    M, K = x2.shape
+    rows = cfg.get("wpi", 8) * (32 // bits) if bits in (2, 4, 8) else 0
+    return (M <= 4 and rows > 0 and g_idx is None and K % rows == 0 and _group(K, group_size) % rows == 0
+            and x2.stride(0) % 2 == 0 and x2.dtype in (torch.float16, torch.bfloat16))
 
 def dequantize(qweight, qzeros, scales, g_idx=None, bits:int=4, group_size:int=128, checkpoint_format:str="gptq",
                K:int|None=None, dtype=torch.float16):
@@ -542,7 +628,7 @@ def gptq_gemm(x, qweight, qzeros, scales, g_idx=None, bits:int=4, group_size:int
         if bias is not None: y = y + bias.float()
         return y.to(x.dtype).reshape(*lead, N)
     cfg = config or pick_config(M, K, N, bits, group_size, x.device)
-    if cfg.get("mode") == "gemv" and not _gemv_ok(M, bits, g_idx, K, group_size, cfg):
+    if cfg.get("mode") == "gemv" and not _gemv_ok(x2, bits, g_idx, group_size, cfg):
         cfg = default_config(M, K, N, bits, group_size, x.device, gemv=False)
     if cfg.get("mode") == "gemv":
         y = _gemv(x2, qweight, qzeros, scales, bits, group_size, 1 if checkpoint_format == "gptq" else 0, bias, cfg)
