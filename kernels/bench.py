@@ -294,26 +294,30 @@ def gemv_cands():
 
 
 def check_gemv():
+    "The decode kernel vs float64: bits 2/4/8, gptq and gptq_v2 (act-order via prepare), odd N, 1-4 rows, fp16/bf16, bias."
     log("== check gemv")
     fails, n = [], 0
+    t0 = time.time()
     for bits in (4, 2, 8):
-        for (K, N, gs) in ((1088, 1001, 128), (576, 1536, 32), (4096, 4096, 128), (576, 1536, -1)):
+        shapes = ((1088, 1001, 128), (576, 1536, 32), (576, 1536, -1)) if bits == 4 else ((1088, 1001, 128),)
+        for (K, N, gs) in shapes:
             for fmt, ao in (("gptq", False), ("gptq_v2", True)):
                 L = layer(K, N, bits, gs, ao, fmt, seed=n)
                 P = G.prepare(**args_of(L))
-                for m, dt in ((1, torch.float16), (2, torch.bfloat16), (3, torch.float16), (4, torch.bfloat16), (8, torch.float16)):
+                for m, dt in ((1, torch.float16), (3, torch.bfloat16), (4, torch.float16)):
                     x = torch.randn(m, K, device=dev, dtype=dt)
                     b = (torch.randn(N, device=dev) * 0.1).to(dt) if m == 3 else None
                     ref = G.ref_gemm(x, bias=b, **args_of(L))
                     P.bias = b
                     wpi = 4 if (gs == 32 and bits == 4) else (2 if gs == 32 else 8)
-                    for cfg in (dict(mode="gemv", bn=256, wpi=wpi, sk=1, w=2, pf=0), dict(mode="gemv", bn=512, wpi=wpi, sk=4, w=4, pf=1),
-                                dict(mode="gemv", bn=64, wpi=wpi, sk=3, w=1, pf=1), None):
+                    for cfg in (dict(mode="gemv", bn=256, wpi=wpi, sk=1, w=2, pf=0), dict(mode="gemv", bn=64, wpi=wpi, sk=3, w=1, pf=1), None):
+                        torch.full((m * N * 2 + 4096,), float("nan"), device=dev)
                         y = P(x, cfg); y2 = P(x, cfg); torch.cuda.synchronize()
                         e = rel(y, ref); n += 1
                         tol = 2e-3 if dt == torch.float16 else 6e-3
                         if not (e <= tol and torch.equal(y, y2)):
                             fails.append((bits, K, N, gs, fmt, ao, m, str(dt), cfg, e)); log("FAIL", fails[-1])
+        log(f"  bits {bits} done  {time.time() - t0:.0f}s")
     log(f"== check gemv: {n} runs, {len(fails)} failures")
     return dict(runs=n, failures=[str(f) for f in fails])
 
