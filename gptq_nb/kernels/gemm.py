@@ -451,6 +451,10 @@ TUNED: dict = {"NVIDIA H200": {  # kernels/bench.py --tune and kernels/explore.p
     "4/1/4096/4096": dict(mode="gemv", bn=512, wpi=8, sk=32, w=4, pf=1),
     "4/1/4096/22016": dict(mode="gemv", bn=512, wpi=4, sk=32, w=4, pf=1),
     "4/1/11008/4096": dict(mode="gemv", bn=64, wpi=8, sk=32, w=1, pf=1),
+    "4/1/8192/10240": dict(mode="gemv", bn=512, wpi=4, sk=32, w=4, pf=1),
+    "4/1/8192/8192": dict(mode="gemv", bn=512, wpi=4, sk=32, w=4, pf=1),
+    "4/1/8192/57344": dict(mode="gemv", bn=512, wpi=4, sk=16, w=2, pf=1),
+    "4/1/28672/8192": dict(mode="gemv", bn=512, wpi=4, sk=32, w=4, pf=1),
     "4/4/4096/12288": dict(bm=16, bn=128, bk=128, sk=4, w=4, s=3, u=1, c=0),
     "4/4/4096/4096": dict(bm=16, bn=64, bk=128, sk=8, w=4, s=2, u=1, c=0),
     "4/4/4096/22016": dict(bm=16, bn=128, bk=64, sk=8, w=4, s=3, u=1, c=0),
@@ -563,7 +567,7 @@ def _fused(x2, qweight, qzeros, scales, g_idx, bits, group_size, zoff, bias, cfg
              out, ws, locks, M, N, K, x2.stride(0), out.stride(0), qzeros.shape[1], kps),
             dict(BITS=bits, GROUP=G, ZOFF=zoff, HAS_GIDX=g_idx is not None, HAS_BIAS=bias is not None,
                  PER_BLOCK=per_block, UNPACK=unpack, CVT=cvt, SPLIT=sk > 1, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-                 RED=max(1, min(8, 4096 // (bm * bn)))),
+                 RED=1),   # partials one at a time: a [RED, BM, BN] sum costs this kernel ~15% at m=4-16 (H200)
             cfg.get("w", 4), cfg.get("s", 3))
     return out
 
