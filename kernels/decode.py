@@ -204,7 +204,8 @@ def meta(args, device):
     m = dict(protocol="S3", date=datetime.datetime.now().isoformat(timespec="seconds"), argv=sys.argv,
              torch=torch.__version__, transformers=transformers.__version__, python=sys.version.split()[0],
              triton=getattr(gemm.triton, "__version__", None), device=str(device))
-    try: m["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    try: m["commit"] = os.environ.get("COMMIT") or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                                                                   text=True).stdout.strip()
     except Exception: pass
     if device.type == "cuda": m["card"] = torch.cuda.get_device_name(device)
     return m

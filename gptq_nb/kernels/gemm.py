@@ -5,7 +5,7 @@ checkpoint's own layout (qweight, qzeros, scales, g_idx), unpack in registers an
 
 # %% ../../nbs/20_kernels.ipynb #c003
 from __future__ import annotations
-import math, os, json
+import math, os, json, weakref
 import torch
 
 try:  # Triton is optional: the module imports (and the torch reference works) without it
@@ -39,7 +39,7 @@ if triton is not None and os.environ.get("TRITON_INTERPRET", "0") == "1": _fix_i
 
 # %% auto #0
 __all__ = ['TUNED', 'have_triton', 'ref_dequant', 'ref_gemm', 'random_gptq', 'kernels_available', 'default_config', 'load_tuning',
-           'pick_config', 'dequantize', 'gptq_gemm', 'PreparedGPTQ', 'prepare', 'register']
+           'pick_config', 'dequantize', 'gptq_gemm', 'PreparedGPTQ', 'prepare', 'qlinear_op', 'register']
 
 # %% ../../nbs/20_kernels.ipynb #c006
 def _block(bits:int):
@@ -677,17 +677,51 @@ def prepare(qweight, qzeros, scales, g_idx=None, bits:int=4, group_size:int=128,
     return PreparedGPTQ(qweight, qzeros, scales, g_idx, perm, bits, group_size, checkpoint_format, bias, K)
 
 # %% ../../nbs/20_kernels.ipynb #c035
-def _qlinear_forward(m, x):
-    "QuantLinear backend: the prepared layer (cached on the module) times x, plus the bias."
-    key = (m.qweight.data_ptr(), m.qzeros.data_ptr(), m.scales.data_ptr(), m.g_idx.data_ptr(), str(m.qweight.device))
-    cached = m.__dict__.get("_gptq_nb_prepared")
-    if cached is None or cached[0] != key:
+_LAYOUTS: dict = {}
+
+def _layout(m):
+    """(perm, qweight, g_idx) to run layer `m` with: natural order -> (None, m.qweight, None); act-order -> its rows
+    reordered once by `prepare` and cached. The cache is keyed by the tensors' addresses and checked with weak
+    references, so a new layer that reuses a freed address is prepared afresh."""
+    key = (m.qweight.data_ptr(), m.qzeros.data_ptr(), m.scales.data_ptr(), m.g_idx.data_ptr(), m.qweight.device,
+           m.in_features, m.bits, m.group_size)
+    hit = _LAYOUTS.get(key)
+    if hit is None or hit[0]() is not m.qweight or hit[1]() is not m.g_idx:
+        if len(_LAYOUTS) > 16384: _LAYOUTS.clear()
         P = prepare(m.qweight, m.qzeros, m.scales, m.g_idx, m.bits, m.group_size, m.checkpoint_format, K=m.in_features)
-        cached = m.__dict__["_gptq_nb_prepared"] = (key, P)
-    P = cached[1]
-    if P.perm is not None: x = x.index_select(-1, P.perm)
-    return gptq_gemm(x, P.qweight, P.qzeros, P.scales, P.g_idx, P.bits, P.group_size, P.checkpoint_format,
+        hit = _LAYOUTS[key] = (weakref.ref(m.qweight), weakref.ref(m.g_idx), P.perm,
+                               P.qweight if P.perm is not None else None, P.g_idx is not None)
+    _, _, perm, qw, keep_gidx = hit
+    return perm, (qw if qw is not None else m.qweight), (m.g_idx if keep_gidx else None)
+
+def _qlinear_eager(m, x):
+    perm, qweight, g_idx = _layout(m)
+    if perm is not None: x = x.index_select(-1, perm)
+    return gptq_gemm(x, qweight, m.qzeros, m.scales, g_idx, m.bits, m.group_size, m.checkpoint_format,
                      m.bias.to(x.dtype) if m.bias is not None else None)
+
+class _Layer:
+    "The attributes `_layout` and `_qlinear_eager` read, rebuilt from a custom op's arguments."
+    def __init__(self, qweight, qzeros, scales, g_idx, bias, bits, group_size, checkpoint_format, in_features):
+        self.qweight, self.qzeros, self.scales, self.g_idx, self.bias = qweight, qzeros, scales, g_idx, bias
+        self.bits, self.group_size, self.checkpoint_format, self.in_features = bits, group_size, checkpoint_format, in_features
+
+@torch.library.custom_op("gptq_nb::qlinear", mutates_args=())
+def qlinear_op(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor,
+               bias: torch.Tensor|None, bits: int, group_size: int, checkpoint_format: str, in_features: int) -> torch.Tensor:
+    "`QuantLinear`'s Triton forward as one opaque op, for `torch.compile` (an op is traced as a whole)."
+    return _qlinear_eager(_Layer(qweight, qzeros, scales, g_idx, bias, bits, group_size, checkpoint_format, in_features), x)
+
+@qlinear_op.register_fake
+def _(x, qweight, qzeros, scales, g_idx, bias, bits, group_size, checkpoint_format, in_features):
+    return x.new_empty(*x.shape[:-1], scales.shape[1])
+
+def _qlinear_forward(m, x):
+    "QuantLinear backend: x @ W (+ bias). Eager: a direct launch; under torch.compile: the `gptq_nb::qlinear` op."
+    if torch.compiler.is_compiling():
+        return qlinear_op(x, m.qweight, m.qzeros, m.scales, m.g_idx, m.bias, m.bits, m.group_size,
+                          m.checkpoint_format, m.in_features)
+    return _qlinear_eager(m, x)
 
 def _qlinear_available(m, x) -> bool:
     return (triton is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
