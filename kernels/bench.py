@@ -430,6 +430,7 @@ def main():
     ap.add_argument("--check-gemv", action="store_true")
     ap.add_argument("--tune-gemv", action="store_true")
     ap.add_argument("--tuned", default=None)
+    ap.add_argument("--ms", default=None, help="S1 batch rows to time, e.g. 1,4 (default: all of PROTOCOL's)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     a = ap.parse_args()
     records = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), card=torch.cuda.get_device_name(),
@@ -459,6 +460,7 @@ def main():
             tune_gemv(records, table)
             json.dump({card: table}, open(os.path.join(a.out, f"tuned_{slug}.json"), "w"), indent=1)
             save()
+        if a.ms: globals()["MS"] = tuple(int(v) for v in a.ms.split(","))
         if a.s1: s1(records, G.TUNED); save()
     finally:
         save()

@@ -546,35 +546,24 @@ def _launch(kernel, grid, args, consts, num_warps, num_stages):
            None, None, None, *args, *const_vals)
     return ck
 
-def _fused(x2, qweight, qzeros, scales, g_idx, bits, group_size, zoff, bias, cfg):
-    "Launch the fused kernel on 2-D x2 [M, K] with launch config `cfg`."
-    M, K = x2.shape
-    N = scales.shape[1]
+def _fused_plan(M, K, N, bits, group_size, zoff, has_gidx, has_bias, dtype, cfg):
+    "Launch parameters of the fused kernel for x [M, K] @ W [K, N] under config `cfg`."
     bm, bn, bk = cfg["bm"], cfg["bn"], cfg["bk"]
     G = _group(K, group_size)
-    per_block = g_idx is None and G % bk == 0
+    per_block = not has_gidx and G % bk == 0
     unpack = int(cfg.get("u", 1)) if bits != 3 else 0
-    cvt = int(cfg.get("c", 0)) if (x2.dtype == torch.float16 and per_block) else 0
-    if x2.dtype == torch.bfloat16 and _interpret(): cvt = 2   # the interpreter can't dot bf16: fp32 operands
+    cvt = int(cfg.get("c", 0)) if (dtype == torch.float16 and per_block) else 0
+    if dtype == torch.bfloat16 and _interpret(): cvt = 2   # the interpreter can't dot bf16: fp32 operands
     kps = -(-(-(-K // max(1, cfg.get("sk", 1)))) // bk) * bk     # K rows per split, a multiple of bk
     sk = -(-K // kps)
-    out = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
     grid = (-(-N // bn), -(-M // bm), sk)
-    ws = torch.empty(sk, M, N, dtype=torch.float32, device=x2.device) if sk > 1 else out
-    locks = _locks(x2.device, grid[0] * grid[1]) if sk > 1 else out
-    _launch(_gptq_mm_kernel, grid,
-            (x2, qweight, qzeros, scales, g_idx if g_idx is not None else qweight, bias if bias is not None else out,
-             out, ws, locks, M, N, K, x2.stride(0), out.stride(0), qzeros.shape[1], kps),
-            dict(BITS=bits, GROUP=G, ZOFF=zoff, HAS_GIDX=g_idx is not None, HAS_BIAS=bias is not None,
-                 PER_BLOCK=per_block, UNPACK=unpack, CVT=cvt, SPLIT=sk > 1, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-                 RED=1),   # partials one at a time: a [RED, BM, BN] sum costs this kernel ~15% at m=4-16 (H200)
-            cfg.get("w", 4), cfg.get("s", 3))
-    return out
+    consts = dict(BITS=bits, GROUP=G, ZOFF=zoff, HAS_GIDX=has_gidx, HAS_BIAS=has_bias, PER_BLOCK=per_block,
+                  UNPACK=unpack, CVT=cvt, SPLIT=sk > 1, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                  RED=1)   # partials one at a time: a [RED, BM, BN] sum cost this kernel ~15% at m=4-16 (H200)
+    return (_gptq_mm_kernel, grid, consts, kps, sk, grid[0] * grid[1], cfg.get("w", 4), cfg.get("s", 3))
 
-def _gemv(x2, qweight, qzeros, scales, bits, group_size, zoff, bias, cfg):
-    "Launch the CUDA-core decode kernel (m ≤ 4, b ∈ {2, 4, 8}, natural group order; see `_gemv_ok`)."
-    M, K = x2.shape
-    N = scales.shape[1]
+def _gemv_plan(M, K, N, bits, group_size, zoff, has_bias, dtype, cfg):
+    "Launch parameters of the CUDA-core decode kernel (m ≤ 4, b ∈ {2, 4, 8}, natural group order; see `_gemv_ok`)."
     bn, wpi = cfg.get("bn", 256), cfg.get("wpi", 8)
     rows = wpi * (32 // bits)
     G = _group(K, group_size)
@@ -583,25 +572,34 @@ def _gemv(x2, qweight, qzeros, scales, bits, group_size, zoff, bias, cfg):
     kps = -(-(-(-K // max(1, cfg.get("sk", 1)))) // rows) * rows
     sk = -(-K // kps)
     mb = max(1, 1 << (M - 1).bit_length())
-    out = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
     grid = (-(-N // bn), sk, 1)
-    ws = torch.empty(sk, M, N, dtype=torch.float32, device=x2.device) if sk > 1 else out
-    locks = _locks(x2.device, grid[0]) if sk > 1 else out
-    _launch(_gptq_gemv_kernel, grid,
-            (x2, qweight, qzeros, scales, bias if bias is not None else out, out, ws, locks,
-             M, N, K, x2.stride(0), out.stride(0), qzeros.shape[1], kps),
-            dict(BITS=bits, GROUP=G, ZOFF=zoff, HAS_BIAS=bias is not None, SPLIT=sk > 1, MB=mb, BLOCK_N=bn, WPI=wpi,
-                 PF=int(cfg.get("pf", 1)), XBF16=x2.dtype == torch.bfloat16, ASM=not _interpret(),
-                 RED=max(1, min(8, 4096 // (mb * bn)))),
-            cfg.get("w", 2), cfg.get("s", 1))
-    return out
+    consts = dict(BITS=bits, GROUP=G, ZOFF=zoff, HAS_BIAS=has_bias, SPLIT=sk > 1, MB=mb, BLOCK_N=bn, WPI=wpi,
+                  PF=int(cfg.get("pf", 1)), XBF16=dtype == torch.bfloat16, ASM=not _interpret(),
+                  RED=max(1, min(8, 4096 // (mb * bn))))
+    return (_gptq_gemv_kernel, grid, consts, kps, sk, grid[0], cfg.get("w", 2), cfg.get("s", 1))
 
-def _gemv_ok(x2, bits, g_idx, group_size, cfg):
+def _gemv_ok(M, K, bits, has_gidx, group_size, dtype, cfg):
     "Can the decode kernel take this call: ≤ 4 rows, b ∈ {2, 4, 8}, no g_idx, tiles that divide K and the group."
-    M, K = x2.shape
     rows = cfg.get("wpi", 8) * (32 // bits) if bits in (2, 4, 8) else 0
-    return (M <= 4 and rows > 0 and g_idx is None and K % rows == 0 and _group(K, group_size) % rows == 0
-            and x2.stride(0) % 2 == 0 and x2.dtype in (torch.float16, torch.bfloat16))
+    return (M <= 4 and rows > 0 and not has_gidx and K % rows == 0 and _group(K, group_size) % rows == 0
+            and dtype in (torch.float16, torch.bfloat16))
+
+def _run_plan(plan, x2, qweight, qzeros, scales, g_idx, bias):
+    "Allocate the output (and split-K scratch) and launch a plan on 2-D x2 [M, K]."
+    kernel, grid, consts, kps, sk, tiles, warps, stages = plan
+    M, K = x2.shape
+    N = scales.shape[1]
+    out = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
+    ws = torch.empty(sk, M, N, dtype=torch.float32, device=x2.device) if sk > 1 else out
+    locks = _locks(x2.device, tiles) if sk > 1 else out
+    b = bias if bias is not None else out
+    if kernel is _gptq_gemv_kernel:
+        args = (x2, qweight, qzeros, scales, b, out, ws, locks, M, N, K, x2.stride(0), out.stride(0), qzeros.shape[1], kps)
+    else:
+        args = (x2, qweight, qzeros, scales, g_idx if g_idx is not None else qweight, b, out, ws, locks,
+                M, N, K, x2.stride(0), out.stride(0), qzeros.shape[1], kps)
+    _launch(kernel, grid, args, consts, warps, stages)
+    return out
 
 def dequantize(qweight, qzeros, scales, g_idx=None, bits:int=4, group_size:int=128, checkpoint_format:str="gptq",
                K:int|None=None, dtype=torch.float16):
@@ -618,31 +616,49 @@ def dequantize(qweight, qzeros, scales, g_idx=None, bits:int=4, group_size:int=1
         HAS_GIDX=g_idx is not None, UNPACK=0 if bits == 3 else 1, BLOCK_K=BK, BLOCK_N=BN, num_warps=4)
     return out
 
+_PLANS: dict = {}
+
+def _make_plan(x, M, K, qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format, bias, config):
+    "Validate a call and decide how to run it: ('ref',), ('dequant',) or ('kernel', launch plan)."
+    K, N, _ = _check_args(K, qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format)
+    if not kernels_available(x.device) or M == 0: return ("ref",)
+    cfg = config or pick_config(M, K, N, bits, group_size, x.device)
+    if cfg.get("mode") == "gemv" and not _gemv_ok(M, K, bits, g_idx is not None, group_size, x.dtype, cfg):
+        cfg = default_config(M, K, N, bits, group_size, x.device, gemv=False)
+    if cfg.get("mode") == "dequant": return ("dequant",)
+    zoff = 1 if checkpoint_format == "gptq" else 0
+    if cfg.get("mode") == "gemv":
+        return ("kernel", _gemv_plan(M, K, N, bits, group_size, zoff, bias is not None, x.dtype, cfg))
+    return ("kernel", _fused_plan(M, K, N, bits, group_size, zoff, g_idx is not None, bias is not None, x.dtype, cfg))
+
 def gptq_gemm(x, qweight, qzeros, scales, g_idx=None, bits:int=4, group_size:int=128, checkpoint_format:str="gptq",
               bias=None, config:dict|None=None):
     "`x @ W (+ bias)` for GPTQ-packed W, any leading dims of x, result in x's dtype. g_idx=None: natural group order."
-    K, N, _ = _check_args(x, qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format)
+    K = x.shape[-1]
+    M = x.numel() // K if K else 0
+    # a call like an earlier one (shapes, dtypes, device, config) reuses its validation and launch plan
+    key = (M, K, x.dtype, x.device, qweight.shape, qweight.dtype, qzeros.shape, qzeros.dtype, scales.shape,
+           None if g_idx is None else g_idx.shape, bits, group_size, checkpoint_format, bias is None,
+           None if config is None else tuple(config.items()), _interpret())
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _make_plan(x, M, K, qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format, bias, config)
+        if len(_PLANS) > 4096: _PLANS.clear()
+        _PLANS[key] = plan
+    N = scales.shape[1]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)
-    if x2.stride(-1) != 1: x2 = x2.contiguous()
-    M = x2.shape[0]
-    if not kernels_available(x.device) or M == 0:
+    if x2.stride(-1) != 1 or x2.stride(0) % 2: x2 = x2.contiguous()
+    if plan[0] == "ref":
         W = ref_dequant(qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format, K=K, dtype=torch.float32)
         y = x2.float() @ W
         if bias is not None: y = y + bias.float()
         return y.to(x.dtype).reshape(*lead, N)
-    cfg = config or pick_config(M, K, N, bits, group_size, x.device)
-    if cfg.get("mode") == "gemv" and not _gemv_ok(x2, bits, g_idx, group_size, cfg):
-        cfg = default_config(M, K, N, bits, group_size, x.device, gemv=False)
-    if cfg.get("mode") == "gemv":
-        y = _gemv(x2, qweight, qzeros, scales, bits, group_size, 1 if checkpoint_format == "gptq" else 0, bias, cfg)
-    elif cfg.get("mode") == "dequant":
+    if plan[0] == "dequant":
         W = dequantize(qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format, K=K, dtype=x.dtype)
         y = torch.addmm(bias.to(x.dtype), x2, W) if bias is not None else x2 @ W
-    else:
-        y = _fused(x2, qweight, qzeros, scales, g_idx, bits, group_size,
-                   1 if checkpoint_format == "gptq" else 0, bias, cfg)
-    return y.reshape(*lead, N)
+        return y.reshape(*lead, N)
+    return _run_plan(plan[1], x2, qweight, qzeros, scales, g_idx, bias).reshape(*lead, N)
 
 # %% ../../nbs/20_kernels.ipynb #c023
 class PreparedGPTQ:
