@@ -508,8 +508,8 @@ def load_tuning(path_or_dict) -> None:
 def pick_config(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="cuda") -> dict:
     "The tuned config for the smallest tuned m-bucket >= m on this card and shape, else `default_config`."
     table = TUNED.get(_card(device), {})
-    if m <= 2 and f"{bits}/1/{K}/{N}" not in table:   # decode: the heuristic's CUDA-core kernel, not the m=4 entry
-        return default_config(m, K, N, bits, group_size, device)
+    if m <= 2:   # decode: the m=1 entry (the CUDA-core kernel takes 2 rows too), else the heuristic's decode config
+        return table.get(f"{bits}/1/{K}/{N}") or default_config(m, K, N, bits, group_size, device)
     for mb in _M_BUCKETS:
         if mb >= m:
             c = table.get(f"{bits}/{mb}/{K}/{N}")
