@@ -504,6 +504,7 @@ def load_tuning(path_or_dict) -> None:
     "Merge a tuning table ({card: {key: config}}, or a JSON file of one) into `TUNED`."
     d = path_or_dict if isinstance(path_or_dict, dict) else json.load(open(path_or_dict))
     for card, table in d.items(): TUNED.setdefault(card, {}).update(table)
+    _PLANS.clear()   # launch plans were computed from the old table
 
 def pick_config(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="cuda") -> dict:
     "The tuned config for the smallest tuned m-bucket >= m on this card and shape, else `default_config`."
