@@ -285,11 +285,11 @@ def tune(records):
 
 
 def gemv_cands():
-    "Decode-kernel configs around the explore.py winners: 2-8 columns and 4-8 words per thread, prefetch on."
+    "Decode-kernel configs: the shapes that won earlier sweeps (2-8 columns, 4-8 words per thread), fp32 or half2 math."
     out = []
-    for bn, w, wpi in itertools.product((64, 128, 256, 512), (1, 2, 4), (4, 8)):
-        cols = bn // (32 * w)
-        if cols in (2, 4, 8) and cols * wpi <= 32: out.append(dict(mode="gemv", bn=bn, wpi=wpi, w=w, pf=1))
+    for bn, w, wpi in ((128, 1, 8), (512, 4, 8), (512, 4, 4), (64, 1, 8), (512, 2, 4), (256, 1, 8), (256, 2, 8), (128, 1, 4)):
+        for h2 in (0, 1):
+            out.append(dict(mode="gemv", bn=bn, wpi=wpi, w=w, pf=1, h2=h2))
     return out
 
 
@@ -310,7 +310,7 @@ def check_gemv():
                     ref = G.ref_gemm(x, bias=b, **args_of(L))
                     P.bias = b
                     wpi = 4 if (gs == 32 and bits == 4) else (2 if gs == 32 else 8)
-                    for cfg in (dict(mode="gemv", bn=256, wpi=wpi, sk=1, w=2, pf=0), dict(mode="gemv", bn=64, wpi=wpi, sk=3, w=1, pf=1), None):
+                    for cfg in (dict(mode="gemv", bn=256, wpi=wpi, sk=1, w=2, pf=0, h2=0), dict(mode="gemv", bn=64, wpi=wpi, sk=3, w=1, pf=1, h2=1), None):
                         torch.full((m * N * 2 + 4096,), float("nan"), device=dev)
                         y = P(x, cfg); y2 = P(x, cfg); torch.cuda.synchronize()
                         e = rel(y, ref); n += 1
@@ -338,7 +338,7 @@ def tune_gemv(records, table):
                 best = (safe_graph_time([lambda A=A: G.gptq_gemm(x, config=prev, **A) for A in Ls]), prev)
                 t_prev = best[0]
                 for cand in cands:
-                    for sk in (8, 16, 32, 64):
+                    for sk in (16, 32):
                         if K // sk < cand["wpi"] * 8: continue
                         cfg = dict(cand, sk=sk)
                         t = safe_graph_time([lambda A=A, cfg=cfg: G.gptq_gemm(x, config=cfg, **A) for A in Ls])

@@ -323,13 +323,65 @@ def _gemv_tile(ah, al, sh, sl, s, z, BITS: tl.constexpr):
     qx = (1 << BITS) * (tl.sum(ah, axis=0) - xh) + (1 << (2 * BITS)) * (tl.sum(al, axis=0) - xl)
     return s * (qx - z * (xh + xl))
 
+@_jit
+def _x_h2(xa, xb, HI: tl.constexpr, ASM: tl.constexpr):
+    "From words xa = (x_i, x_i+1), xb = (x_i+4, x_i+5): the fp16 pair (x_i, x_i+4)/64 (HI: (x_i+1, x_i+5)/64) as bits."
+    if ASM:   # one PRMT and one HMUL2. The exact 1/64 bounds a partial sum by 4·15·|x|/64 < 65504: no fp16 overflow
+        if HI:
+            return tl.inline_asm_elementwise("{ .reg .b32 t, c; prmt.b32 t, $1, $2, 0x7632; mov.b32 c, 0x24002400; mul.rn.f16x2 $0, t, c; }",
+                                             "=r,r,r", [xa, xb], dtype=tl.int32, is_pure=True, pack=1)
+        else:
+            return tl.inline_asm_elementwise("{ .reg .b32 t, c; prmt.b32 t, $1, $2, 0x5410; mov.b32 c, 0x24002400; mul.rn.f16x2 $0, t, c; }",
+                                             "=r,r,r", [xa, xb], dtype=tl.int32, is_pure=True, pack=1)
+    else:     # the same, in Triton ops (the CPU interpreter runs no PTX)
+        if HI:
+            lo, hi = (xa >> 16) & 0xFFFF, (xb >> 16) & 0xFFFF
+        else:
+            lo, hi = xa & 0xFFFF, xb & 0xFFFF
+        lo = (lo.to(tl.int16).to(tl.float16, bitcast=True) * 0.015625).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        hi = (hi.to(tl.int16).to(tl.float16, bitcast=True) * 0.015625).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        return lo | (hi << 16)
+
+@_jit
+def _half(v, HI: tl.constexpr):
+    "fp16 lane of a half2 held in an int32, as fp32 (the interpreter's emulation of the packed arithmetic)."
+    b = (v >> 16) & 0xFFFF if HI else v & 0xFFFF
+    return b.to(tl.int16).to(tl.float16, bitcast=True)
+
+@_jit
+def _w4_dot(w, zh, p0, p1, p2, p3, ASM: tl.constexpr):
+    """Σ over the 8 codes of 4-bit word w of (q − z)·x/64, in fp32. Codes j and j+4 come out together as the half2
+    (1024 + q) with one LOP3 (`(w >> 4j) & 0x000F000F | 0x64006400`), lose 1024 + z exactly (HADD2) and meet the
+    activation pair p_j = (x_j, x_j+4)/64 in HFMA2: 11 packed instructions for 8 weights, then 2 converts and an add."""
+    if ASM:
+        return tl.inline_asm_elementwise("""{
+            .reg .b32 t, q, a; .reg .b16 l, h; .reg .f32 fl, fh;
+            lop3.b32 q, $1, 0x000F000F, 0x64006400, 0xEA; sub.rn.f16x2 q, q, $2; mul.rn.f16x2 a, q, $3;
+            shr.u32 t, $1, 4;  lop3.b32 q, t, 0x000F000F, 0x64006400, 0xEA; sub.rn.f16x2 q, q, $2; fma.rn.f16x2 a, q, $4, a;
+            shr.u32 t, $1, 8;  lop3.b32 q, t, 0x000F000F, 0x64006400, 0xEA; sub.rn.f16x2 q, q, $2; fma.rn.f16x2 a, q, $5, a;
+            shr.u32 t, $1, 12; lop3.b32 q, t, 0x000F000F, 0x64006400, 0xEA; sub.rn.f16x2 q, q, $2; fma.rn.f16x2 a, q, $6, a;
+            mov.b32 {l, h}, a; cvt.f32.f16 fl, l; cvt.f32.f16 fh, h; add.f32 $0, fl, fh; }""",
+            "=r,r,r,r,r,r,r", [w, zh, p0, p1, p2, p3], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        z = _half(zh, False).to(tl.float32) - 1024.0
+        acc_l = tl.zeros(w.shape, dtype=tl.float16)
+        acc_h = tl.zeros(w.shape, dtype=tl.float16)
+        for j in tl.static_range(4):
+            p = p0 if j == 0 else (p1 if j == 1 else (p2 if j == 2 else p3))
+            ql = ((w >> (4 * j)) & 15).to(tl.float32) - z
+            qh = ((w >> (4 * j + 16)) & 15).to(tl.float32) - z
+            acc_l = (acc_l + ql.to(tl.float16) * _half(p, False)).to(tl.float16)
+            acc_h = (acc_h + qh.to(tl.float16) * _half(p, True)).to(tl.float16)
+        return acc_l.to(tl.float32) + acc_h.to(tl.float32)
+
 @_jit(do_not_specialize=["M"])
 def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock_ptr,
                       M, N, K, stride_xm, stride_om, stride_z, k_per_split,
                       BITS: tl.constexpr, GROUP: tl.constexpr, ZOFF: tl.constexpr, HAS_BIAS: tl.constexpr,
                       SPLIT: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr, WPI: tl.constexpr,
-                      PF: tl.constexpr, XBF16: tl.constexpr, ASM: tl.constexpr, RED: tl.constexpr):
-    "CUDA-core decode: M ≤ MB ≤ 4 rows; K a multiple of the tile's WPI·32/BITS rows, which divide GROUP."
+                      PF: tl.constexpr, XBF16: tl.constexpr, ASM: tl.constexpr, RED: tl.constexpr, H2: tl.constexpr):
+    """CUDA-core decode: M ≤ MB ≤ 4 rows; K a multiple of the tile's WPI·32/BITS rows, which divide GROUP.
+    H2 (4-bit, fp16, one row): packed-half arithmetic (`_w4_dot`) instead of the fp32 mantissa trick."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     PER: tl.constexpr = 32 // BITS
@@ -358,6 +410,10 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
         else:
             w = tl.load(w_ptrs, mask=n_mask[None, :], other=0)
             w_ptrs += WPI * N
+        grp = k0 // GROUP
+        zi = _field(qz_ptr + grp * stride_z, offs_n, n_mask, 1, BITS) + ZOFF
+        z = zi.to(tl.float32)
+        s = tl.load(s_ptr + grp * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
         z2 = tl.zeros((WPI, BLOCK_N), dtype=tl.float32)
         z1 = tl.zeros((WPI,), dtype=tl.float32)
         ah0, al0, sh0, sl0 = z2, z2, z1, z1
@@ -365,7 +421,16 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
         ah2, al2, sh2, sl2 = z2, z2, z1, z1
         ah3, al3, sh3, sl3 = z2, z2, z1, z1
         xw = x32 + k0 // 2 + offs_r * (PER // 2)
-        for i in tl.static_range(PER // 2):   # codes 2i and 2i+1 of every word: one shift, two LOP3s
+        if H2:   # the word row's 8 activations as the pairs (x_j, x_j+4)/64 that codes j and j+4 meet
+            xa = tl.load(xw)
+            xb = tl.load(xw + 1)
+            xc = tl.load(xw + 2)
+            xd = tl.load(xw + 3)
+            zb = (zi + 1024).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+            zh = zb | (zb << 16)   # the half2 (1024 + z, 1024 + z)
+            ah0 += _w4_dot(w, zh[None, :], _x_h2(xa, xc, False, ASM)[:, None], _x_h2(xa, xc, True, ASM)[:, None],
+                           _x_h2(xb, xd, False, ASM)[:, None], _x_h2(xb, xd, True, ASM)[:, None], ASM)
+        for i in tl.static_range(0 if H2 else PER // 2):   # codes 2i and 2i+1 of every word: one shift, two LOP3s
             SH = 23 - 2 * BITS * (i + 1)
             if SH >= 0:
                 c = w << SH
@@ -379,10 +444,10 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
             if MB > 2:
                 ah2, al2, sh2, sl2 = _gemv_row(xw + 2 * xs + i, 2 < M, fh, fl, ah2, al2, sh2, sl2, XBF16, ASM)
                 ah3, al3, sh3, sl3 = _gemv_row(xw + 3 * xs + i, 3 < M, fh, fl, ah3, al3, sh3, sl3, XBF16, ASM)
-        grp = k0 // GROUP
-        z = (_field(qz_ptr + grp * stride_z, offs_n, n_mask, 1, BITS) + ZOFF).to(tl.float32)
-        s = tl.load(s_ptr + grp * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        y0 += _gemv_tile(ah0, al0, sh0, sl0, s, z, BITS)
+        if H2:
+            y0 += (64.0 * s) * tl.sum(ah0, axis=0)
+        else:
+            y0 += _gemv_tile(ah0, al0, sh0, sl0, s, z, BITS)
         if MB > 1:
             y1 += _gemv_tile(ah1, al1, sh1, sl1, s, z, BITS)
         if MB > 2:
@@ -563,6 +628,8 @@ def _fused_plan(M, K, N, bits, group_size, zoff, has_gidx, has_bias, dtype, cfg)
                   RED=1)   # partials one at a time: a [RED, BM, BN] sum cost this kernel ~15% at m=4-16 (H200)
     return (_gptq_mm_kernel, grid, consts, kps, sk, grid[0] * grid[1], cfg.get("w", 4), cfg.get("s", 3))
 
+_H2_DEFAULT = True   # packed-half decode for 4-bit fp16 single rows (kernels/RESULTS.md)
+
 def _gemv_plan(M, K, N, bits, group_size, zoff, has_bias, dtype, cfg):
     "Launch parameters of the CUDA-core decode kernel (m ≤ 4, b ∈ {2, 4, 8}, natural group order; see `_gemv_ok`)."
     bn, wpi = cfg.get("bn", 256), cfg.get("wpi", 8)
@@ -576,7 +643,8 @@ def _gemv_plan(M, K, N, bits, group_size, zoff, has_bias, dtype, cfg):
     grid = (-(-N // bn), sk, 1)
     consts = dict(BITS=bits, GROUP=G, ZOFF=zoff, HAS_BIAS=has_bias, SPLIT=sk > 1, MB=mb, BLOCK_N=bn, WPI=wpi,
                   PF=int(cfg.get("pf", 1)), XBF16=dtype == torch.bfloat16, ASM=not _interpret(),
-                  RED=max(1, min(8, 4096 // (mb * bn))))
+                  RED=max(1, min(8, 4096 // (mb * bn))),
+                  H2=bool(cfg.get("h2", _H2_DEFAULT)) and bits == 4 and mb == 1 and dtype == torch.float16)
     return (_gptq_gemv_kernel, grid, consts, kps, sk, grid[0], cfg.get("w", 2), cfg.get("s", 1))
 
 def _gemv_ok(M, K, bits, has_gidx, group_size, dtype, cfg):
