@@ -511,15 +511,15 @@ def default_config(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="
 # %% ../../nbs/20_kernels.ipynb #c020
 # Per-card tuning table: card name -> "bits/m/K/N" -> config, from kernels/tuned_<card>.json (kernels/bench.py --tune).
 TUNED: dict = {"NVIDIA H200": {  # kernels/bench.py --tune and kernels/explore.py, 2026-11-27, CUDA-graph timing
-    # (kernels/RESULTS.md). m=1 on the 7B set: the CUDA-core decode kernel.
-    "4/1/4096/12288": dict(mode="gemv", bn=128, wpi=8, sk=16, w=1, pf=1),
-    "4/1/4096/4096": dict(mode="gemv", bn=512, wpi=8, sk=32, w=4, pf=1),
-    "4/1/4096/22016": dict(mode="gemv", bn=512, wpi=4, sk=32, w=4, pf=1),
-    "4/1/11008/4096": dict(mode="gemv", bn=64, wpi=8, sk=32, w=1, pf=1),
-    "4/1/8192/10240": dict(mode="gemv", bn=512, wpi=4, sk=32, w=4, pf=1),
-    "4/1/8192/8192": dict(mode="gemv", bn=512, wpi=4, sk=32, w=4, pf=1),
-    "4/1/8192/57344": dict(mode="gemv", bn=512, wpi=4, sk=16, w=2, pf=1),
-    "4/1/28672/8192": dict(mode="gemv", bn=512, wpi=4, sk=32, w=4, pf=1),
+    # (kernels/RESULTS.md). m=1: the CUDA-core decode kernel (h2: packed-half math).
+    "4/1/4096/12288": dict(mode="gemv", bn=512, wpi=8, sk=16, w=4, pf=1, h2=1),
+    "4/1/4096/4096": dict(mode="gemv", bn=64, wpi=8, sk=32, w=1, pf=1, h2=0),
+    "4/1/4096/22016": dict(mode="gemv", bn=512, wpi=4, sk=16, w=4, pf=1, h2=1),
+    "4/1/11008/4096": dict(mode="gemv", bn=64, wpi=8, sk=32, w=1, pf=1, h2=0),
+    "4/1/8192/10240": dict(mode="gemv", bn=512, wpi=4, sk=32, w=4, pf=1, h2=1),
+    "4/1/8192/8192": dict(mode="gemv", bn=512, wpi=8, sk=32, w=4, pf=1, h2=1),
+    "4/1/8192/57344": dict(mode="gemv", bn=512, wpi=4, sk=16, w=4, pf=1, h2=1),
+    "4/1/28672/8192": dict(mode="gemv", bn=512, wpi=8, sk=32, w=4, pf=1, h2=1),
     "4/4/4096/12288": dict(bm=16, bn=128, bk=128, sk=4, w=4, s=3, u=1, c=0),
     "4/4/4096/4096": dict(bm=16, bn=64, bk=128, sk=8, w=4, s=2, u=1, c=0),
     "4/4/4096/22016": dict(bm=16, bn=128, bk=64, sk=8, w=4, s=3, u=1, c=0),
