@@ -19,9 +19,17 @@ __all__ = ['AUTO_ORDER', 'register_backend', 'unregister_backend', 'available_ba
 _BACKENDS = {}            # name -> (forward_fn, is_available_fn, differentiable)
 AUTO_ORDER = ["triton"]   # preferred backends for "auto", best first; "torch" is the final fallback
 
+def _as_module_x(fn):
+    "`fn` as a `(module, x) -> bool` test, whether it takes (module, x), (device) or nothing (read once, not per call)."
+    if fn is None: return lambda module, x: True
+    try: n = len([p for p in inspect.signature(fn).parameters.values() if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)])
+    except (TypeError, ValueError): n = 2
+    if n >= 2: return fn
+    return (lambda module, x: fn(x.device)) if n == 1 else (lambda module, x: fn())
+
 def register_backend(name:str, forward_fn, is_available_fn=None, differentiable:bool=False):
     "Register `forward_fn(module, x) -> y` as backend `name`; `is_available_fn(module, x)` or `(device)` -> bool."
-    _BACKENDS[name] = (forward_fn, is_available_fn or (lambda module, x: True), differentiable)
+    _BACKENDS[name] = (forward_fn, _as_module_x(is_available_fn), differentiable)
 
 def unregister_backend(name:str):
     "Remove backend `name` (no error if absent); 'torch' stays."
@@ -31,10 +39,7 @@ def available_backends():
     "Names of the registered backends."
     return list(_BACKENDS)
 
-def _is_available(fn, module, x):
-    try: n = len([p for p in inspect.signature(fn).parameters.values() if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)])
-    except (TypeError, ValueError): n = 2
-    return bool(fn(module, x) if n >= 2 else fn(x.device) if n == 1 else fn())
+def _is_available(fn, module, x): return bool(fn(module, x))
 
 _TRIED_KERNELS = []
 def _load_kernels():

@@ -764,26 +764,36 @@ def prepare(qweight, qzeros, scales, g_idx=None, bits:int=4, group_size:int=128,
 # %% ../../nbs/20_kernels.ipynb #c035
 _LAYOUTS: dict = {}
 
-def _layout(m):
-    """(perm, qweight, g_idx) to run layer `m` with: natural order -> (None, m.qweight, None); act-order -> its rows
-    reordered once by `prepare` and cached. The cache is keyed by the tensors' addresses and checked with weak
-    references, so a new layer that reuses a freed address is prepared afresh."""
-    key = (m.qweight.data_ptr(), m.qzeros.data_ptr(), m.scales.data_ptr(), m.g_idx.data_ptr(), m.qweight.device,
-           m.in_features, m.bits, m.group_size)
-    hit = _LAYOUTS.get(key)
-    if hit is None or hit[0]() is not m.qweight or hit[1]() is not m.g_idx:
-        if len(_LAYOUTS) > 16384: _LAYOUTS.clear()
-        P = prepare(m.qweight, m.qzeros, m.scales, m.g_idx, m.bits, m.group_size, m.checkpoint_format, K=m.in_features)
-        hit = _LAYOUTS[key] = (weakref.ref(m.qweight), weakref.ref(m.g_idx), P.perm,
-                               P.qweight if P.perm is not None else None, P.g_idx is not None)
+def _tensors(m):
+    "(qweight, qzeros, scales, g_idx, bias) of a QuantLinear, read from its buffer dict (no nn.Module attribute hook)."
+    b = m.__dict__.get("_buffers")
+    if b is None or "qweight" not in b: return m.qweight, m.qzeros, m.scales, m.g_idx, m.bias
+    return b["qweight"], b["qzeros"], b["scales"], b["g_idx"], (b["bias"] if "bias" in b else m.__dict__.get("bias"))
+
+def _layout_for(qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format, K):
+    """(perm, qweight, g_idx) to run a layer with: natural order -> (None, qweight, None); act-order -> its rows
+    reordered once by `prepare`. Cached per `qweight` tensor object (checked through weak references, and dropped
+    when the tensor is freed), so a layer pays `prepare`'s host sync once and a new layer is never mistaken for an old."""
+    k = id(qweight)
+    hit = _LAYOUTS.get(k)
+    if hit is None or hit[0]() is not qweight or hit[1]() is not g_idx:
+        P = prepare(qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format, K=K)
+        hit = _LAYOUTS[k] = (weakref.ref(qweight, lambda _, k=k: _LAYOUTS.pop(k, None)), weakref.ref(g_idx),
+                             P.perm, P.qweight if P.perm is not None else None, P.g_idx is not None)
     _, _, perm, qw, keep_gidx = hit
-    return perm, (qw if qw is not None else m.qweight), (m.g_idx if keep_gidx else None)
+    return perm, (qw if qw is not None else qweight), (g_idx if keep_gidx else None)
+
+def _layout(m):
+    "`_layout_for` a QuantLinear."
+    qweight, qzeros, scales, g_idx, _ = _tensors(m)
+    return _layout_for(qweight, qzeros, scales, g_idx, m.bits, m.group_size, m.checkpoint_format, m.in_features)
 
 def _qlinear_eager(m, x):
-    perm, qweight, g_idx = _layout(m)
+    qweight, qzeros, scales, g_idx, bias = _tensors(m)
+    perm, qw, gi = _layout_for(qweight, qzeros, scales, g_idx, m.bits, m.group_size, m.checkpoint_format, m.in_features)
     if perm is not None: x = x.index_select(-1, perm)
-    return gptq_gemm(x, qweight, m.qzeros, m.scales, g_idx, m.bits, m.group_size, m.checkpoint_format,
-                     m.bias.to(x.dtype) if m.bias is not None else None)
+    return gptq_gemm(x, qw, qzeros, scales, gi, m.bits, m.group_size, m.checkpoint_format,
+                     bias.to(x.dtype) if bias is not None else None)
 
 class _Layer:
     "The attributes `_layout` and `_qlinear_eager` read, rebuilt from a custom op's arguments."
