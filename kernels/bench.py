@@ -1,7 +1,7 @@
-"""GPU workbench for gptq_nb.kernels.gemm: correctness sweep, tuning sweep, protocol S1 timings.
+"""GPU workbench for gptq_nb.kernels.gemm: correctness sweeps, tuning sweeps, protocols S1 and S3.
 
-Run on the lent GPU from the repo root:
-    PYTHONPATH=. python3 kernels/bench.py --check --tune --s1 --out $OUT
+Run on the lent GPU from the repo root (everything, about 15 min; the session's runs split it, kernels/RESULTS.md):
+    PYTHONPATH=. python3 kernels/bench.py --check --check-gemv --tune --tune-gemv --s1 --s3 --out $OUT
 Stages:
   --check  every kernel variant against the float64 torch reference on fresh random inputs: bits 2/3/4/8, gptq and
            gptq_v2 zeros, sym/asym, act-order (per-element g_idx path and prepare()'s reordering), odd N, K not a
@@ -13,8 +13,11 @@ Stages:
            over rotated weight copies (GPU time without host launch overhead) and the host overhead per call.
            Uses --tuned FILE (or the table just tuned).
   --check-gemv / --tune-gemv  the same for the CUDA-core decode kernel (mode="gemv"), merged into the table.
+  --check-fast  --check on 4- and 3-bit only (about 3 min).   --ms 1,4  S1 on those batch rows only.
+  --s3     protocol S3, end-to-end decode of a Llama-2-7B-shaped model (kernels/decode.py, writes s3_decode.json).
 Timing note: --tune and the graph columns of --s1 use CUDA-graph replay; eager do_bench of a kernel this short
-measures the host launch (about 50 us per gptq_gemm call). --check is compile-bound (about 5 min on an H200).
+measures the host launch (34-85 us per gptq_gemm call on the H200 machine's host). --check is compile-bound (about
+5 min on an H200).
 Prints short tables last; full numbers go to --out as JSON.
 """
 import argparse, json, os, sys, time, math, itertools, datetime
@@ -431,6 +434,7 @@ def main():
     ap.add_argument("--tune-gemv", action="store_true")
     ap.add_argument("--tuned", default=None)
     ap.add_argument("--ms", default=None, help="S1 batch rows to time, e.g. 1,4 (default: all of PROTOCOL's)")
+    ap.add_argument("--s3", action="store_true", help="protocol S3 (end-to-end decode): runs kernels/decode.py")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     a = ap.parse_args()
     records = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), card=torch.cuda.get_device_name(),
@@ -462,6 +466,11 @@ def main():
             save()
         if a.ms: globals()["MS"] = tuple(int(v) for v in a.ms.split(","))
         if a.s1: s1(records, G.TUNED); save()
+        if a.s3:   # its own process: a 7B model's memory is given back when it ends
+            import subprocess
+            cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "decode.py"), "--out", a.out]
+            if a.tuned: cmd += ["--tuned", a.tuned]
+            records["s3_returncode"] = subprocess.run(cmd).returncode
     finally:
         save()
 
