@@ -259,7 +259,6 @@ def _gptq_mm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, gi_ptr, b_ptr, out_ptr, ws_ptr
             else:
                 wq = wq.to(x.dtype)
             acc = tl.dot(x, wq, acc)
-    out_mask = m_mask[:, None] & n_mask[None, :]
     _split_store(acc, out_ptr, ws_ptr, lock_ptr, b_ptr, offs_m, offs_n, M, N, stride_om,
                  pid_m * tl.num_programs(0) + pid_n, tl.num_programs(2), pid_k, SPLIT, HAS_BIAS, RED)
 
