@@ -343,7 +343,7 @@ def _x_h2(xa, xb, HI: tl.constexpr, ASM: tl.constexpr):
 
 @_jit
 def _half(v, HI: tl.constexpr):
-    "fp16 lane of a half2 held in an int32, as fp32 (the interpreter's emulation of the packed arithmetic)."
+    "fp16 lane of a half2 held in an int32 (the interpreter's emulation of the packed arithmetic)."
     b = (v >> 16) & 0xFFFF if HI else v & 0xFFFF
     return b.to(tl.int16).to(tl.float16, bitcast=True)
 
