@@ -717,6 +717,7 @@ def gptq_gemm(x, qweight, qzeros, scales, g_idx=None, bits:int=4, group_size:int
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)
     if x2.stride(-1) != 1 or x2.stride(0) % 2: x2 = x2.contiguous()
+    if x2.data_ptr() % 4: x2 = x2.clone()   # the decode kernel reads activations as 32-bit pairs: 4-byte aligned rows
     if plan[0] == "ref":
         W = ref_dequant(qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format, K=K, dtype=torch.float32)
         y = x2.float() @ W
