@@ -1,0 +1,19 @@
+"""The GPU benchmark scripts in kernels/ keep working: their CPU modes run here, so CI notices when the library moves
+under them (the GPU runs themselves happen on the lent machine; kernels/RESULTS.md)."""
+import json, os, subprocess, sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_decode_benchmark_cpu_smoke(tmp_path):
+    "Protocol S3's harness on a tiny Llama, fp32 vs 4-bit QuantLinear (torch backend): runs, and the tokens agree."
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, str(ROOT / "kernels" / "decode.py"), "--device", "cpu", "--tiny",
+                        "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    d = json.load(open(tmp_path / "s3_decode.json"))
+    assert set(d["models"]) == {"fp32", "gptq-4bit-g128"}, list(d["models"])
+    for name, harnesses in d["models"].items():
+        for h in harnesses.values():
+            assert h["logits_finite"] and h["tok_s"] > 0 and h.get("matches_eager", True) and h.get("runs_agree", True), (name, h)
