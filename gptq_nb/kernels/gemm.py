@@ -491,10 +491,10 @@ def default_config(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="
     if gemv is None: gemv = m <= 2
     if gemv and m <= 4 and bits in (2, 4, 8):
         per = 32 // bits
-        wpi = 8
+        wpi = 8 if m == 1 else 4   # each extra row adds accumulators: fewer words per thread keep it out of spills
         while wpi > 1 and (g % (wpi * per) or K % (wpi * per)): wpi //= 2
         if g % (wpi * per) == 0 and K % (wpi * per) == 0:
-            bn, w = 256, 2   # the H200's winners had 4-8 columns and 4-8 words per thread, ~1.5-6k warps in flight
+            bn, w = 512, 4   # the H200's tuning picked 512 columns over 4 warps for 6 of its 8 shapes (RESULTS.md)
             tiles = -(-N // bn)
             sk = max(1, min(32, _pow2_floor(max(1, 8 * _sms(device) // tiles)), max(1, K // (2 * wpi * per))))
             return dict(mode="gemv", bn=bn, wpi=wpi, sk=sk, w=w, pf=1)
