@@ -182,13 +182,13 @@ def _warm(cfgs):
     return len(cfgs)
 
 
-def precompile(cfgs, procs=14):
-    "Fill Triton's disk cache in parallel (compiles are CPU-bound and serial in one process)."
+def precompile(cfgs, procs=14, worker=None):
+    "Fill Triton's disk cache in parallel (compiles are CPU-bound and serial in one process); worker(chunk) -> count."
     import multiprocessing as mp
     t0 = time.time()
     chunks = [cfgs[i::procs] for i in range(procs)]
     with mp.get_context("spawn").Pool(procs) as pool:
-        n = sum(pool.map(_warm, [c for c in chunks if c]))
+        n = sum(pool.map(worker or _warm, [c for c in chunks if c]))
     log(f"  precompiled {n} configs in {time.time() - t0:.0f}s")
 
 

@@ -17,6 +17,7 @@ import triton.language as tl
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gptq_nb.kernels import gemm as G
 from gptq_nb.kernels.gemm import _field, _split_store
+import bench   # kernels/bench.py: the timing, checking and compiling helpers both scripts use
 
 dev = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -101,16 +102,12 @@ def run(kind, x2, L, cfg, out=None):
     return out
 
 
-def log(*a): print(*a, flush=True)
+log, rel, host_us = bench.log, bench.rel, bench.host_overhead
 
 
-def rel(y, ref):
-    y = y.double()
-    if not torch.isfinite(y).all(): return float("inf")
-    return ((y - ref).norm() / ref.norm()).item()
-
-
-SET7 = [(4096, 12288), (4096, 4096), (4096, 22016), (11008, 4096)]
+def graph_time(fns):
+    "bench.graph_time in µs."
+    return bench.graph_time(fns) * 1e3
 
 
 def gv_cands(m):
@@ -149,15 +146,6 @@ def _warm(items):
     return len(items)
 
 
-def precompile(items, procs=15):
-    import multiprocessing as mp
-    t0 = time.time()
-    chunks = [items[i::procs] for i in range(procs)]
-    with mp.get_context("spawn").Pool(procs) as pool:
-        n = sum(pool.map(_warm, [c for c in chunks if c]))
-    log(f"  precompiled {n} variants in {time.time() - t0:.0f}s")
-
-
 def check_variant(kind, cfg, m):
     "Relative error vs float64 on fresh random layers: a big natural shape and an awkward one (odd N, K % 128 != 0)."
     errs = []
@@ -172,42 +160,10 @@ def check_variant(kind, cfg, m):
     return max(errs)
 
 
-def graph_time(fns, min_calls=32):
-    for f in fns: f()
-    torch.cuda.synchronize()
-    reps = max(1, -(-min_calls // len(fns)))
-    st = torch.cuda.Stream(); st.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(st):
-        for f in fns: f()
-    torch.cuda.current_stream().wait_stream(st)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(reps):
-            for f in fns: f()
-    g.replay(); torch.cuda.synchronize()
-    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    ts = []
-    for _ in range(7):
-        e0.record(); g.replay(); e1.record(); e1.synchronize()
-        ts.append(e0.elapsed_time(e1) / (reps * len(fns)))
-    del g
-    return sorted(ts)[len(ts) // 2] * 1e3   # us
-
-
 def safe(fn):
     try: return fn()
     except Exception as ex:
         log("   skip:", type(ex).__name__, str(ex)[:120]); torch.cuda.synchronize(); return float("inf")
-
-
-def host_us(fn, n=300):
-    for _ in range(3): fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n): fn()
-    dt = (time.perf_counter() - t) / n
-    torch.cuda.synchronize()
-    return dt * 1e6
 
 
 def main():
@@ -226,7 +182,7 @@ def main():
             for m in ms}
     if a.quick: plan = {m: v[:3] for m, v in plan.items()}
     items = [(k, m, c) for m, v in plan.items() for k, c in v]
-    precompile(items)
+    bench.precompile(items, procs=15, worker=_warm)
     # correctness of every variant, fresh inputs
     bad = set()
     for m, v in plan.items():
@@ -238,7 +194,7 @@ def main():
     R["failures"] = [list(b) for b in bad]
     # timings: the 7B set, rotated weight copies (cold HBM), CUDA graphs
     layers = {}
-    for i, (K, N) in enumerate(SET7):
+    for i, (K, N) in enumerate(bench.SETS["7B"]):
         L = G.random_gptq(K, N, bits=4, group_size=128, device=dev, seed=i)
         n = int(min(32, max(1, math.ceil(4 * 60e6 / (K * N // 2)))))
         layers[(K, N)] = [dict(L, qweight=L["qweight"].clone(), qzeros=L["qzeros"].clone(), scales=L["scales"].clone())
