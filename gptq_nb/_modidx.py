@@ -167,6 +167,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'gptq_nb.kernels.gemm._card': ('kernels.html#_card', 'gptq_nb/kernels/gemm.py'),
                                       'gptq_nb.kernels.gemm._check_args': ('kernels.html#_check_args', 'gptq_nb/kernels/gemm.py'),
                                       'gptq_nb.kernels.gemm._code_f32': ('kernels.html#_code_f32', 'gptq_nb/kernels/gemm.py'),
+                                      'gptq_nb.kernels.gemm._dequant_rows': ('kernels.html#_dequant_rows', 'gptq_nb/kernels/gemm.py'),
                                       'gptq_nb.kernels.gemm._fast_ok': ('kernels.html#_fast_ok', 'gptq_nb/kernels/gemm.py'),
                                       'gptq_nb.kernels.gemm._field': ('kernels.html#_field', 'gptq_nb/kernels/gemm.py'),
                                       'gptq_nb.kernels.gemm._fix_interpreter': ('kernels.html#_fix_interpreter', 'gptq_nb/kernels/gemm.py'),

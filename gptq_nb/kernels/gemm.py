@@ -183,6 +183,19 @@ def _unpack_rows(qw_ptr, offs_k, offs_n, k0, k_hi, n_mask, N, BITS: tl.constexpr
     return q
 
 @_jit
+def _dequant_rows(q, qz_ptr, s_ptr, gi_ptr, offs_k, offs_n, k_mask, n_mask, N, stride_z,
+                  BITS: tl.constexpr, GROUP: tl.constexpr, ZOFF: tl.constexpr, HAS_GIDX: tl.constexpr):
+    "fp32 s·(q − z) for codes q [BK, BN] whose group is looked up per row (g_idx, or k // GROUP)."
+    if HAS_GIDX:
+        grp = tl.load(gi_ptr + offs_k, mask=k_mask, other=0)
+    else:
+        grp = offs_k // GROUP
+    mask2 = k_mask[:, None] & n_mask[None, :]
+    z = _field(qz_ptr + grp[:, None] * stride_z, offs_n[None, :], mask2, 1, BITS) + ZOFF
+    s = tl.load(s_ptr + grp[:, None] * N + offs_n[None, :], mask=mask2, other=0.0).to(tl.float32)
+    return (q - z).to(tl.float32) * s
+
+@_jit
 def _split_store(acc, out_ptr, ws_ptr, lock_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, tile, n_split, pid_k,
                  SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, RED: tl.constexpr):
     "Write acc [BM, BN] (+ bias). With SPLIT, park the fp32 partial; the last program of the tile sums all partials."
@@ -246,14 +259,8 @@ def _gptq_mm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, gi_ptr, b_ptr, out_ptr, ws_ptr
                 wq = (q - z[None, :]).to(x.dtype)
             acc += tl.dot(x, wq) * s[None, :]
         else:
-            if HAS_GIDX:
-                grp = tl.load(gi_ptr + offs_k, mask=k_mask, other=0)
-            else:
-                grp = offs_k // GROUP
-            mask2 = k_mask[:, None] & n_mask[None, :]
-            z = _field(qz_ptr + grp[:, None] * stride_z, offs_n[None, :], mask2, 1, BITS) + ZOFF
-            s = tl.load(s_ptr + grp[:, None] * N + offs_n[None, :], mask=mask2, other=0.0).to(tl.float32)
-            wq = (q - z).to(tl.float32) * s
+            wq = _dequant_rows(q, qz_ptr, s_ptr, gi_ptr, offs_k, offs_n, k_mask, n_mask, N, stride_z,
+                               BITS, GROUP, ZOFF, HAS_GIDX)
             if CVT == 2:
                 x = x.to(tl.float32)
             else:
@@ -273,14 +280,8 @@ def _gptq_dequant_kernel(qw_ptr, qz_ptr, s_ptr, gi_ptr, out_ptr, N, K, stride_z,
     k_mask = offs_k < K
     n_mask = offs_n < N
     q = _unpack_rows(qw_ptr, offs_k, offs_n, k0, K, n_mask, N, BITS, UNPACK, BLOCK_K, BLOCK_N)
-    if HAS_GIDX:
-        grp = tl.load(gi_ptr + offs_k, mask=k_mask, other=0)
-    else:
-        grp = offs_k // GROUP
+    w = _dequant_rows(q, qz_ptr, s_ptr, gi_ptr, offs_k, offs_n, k_mask, n_mask, N, stride_z, BITS, GROUP, ZOFF, HAS_GIDX)
     mask2 = k_mask[:, None] & n_mask[None, :]
-    z = _field(qz_ptr + grp[:, None] * stride_z, offs_n[None, :], mask2, 1, BITS) + ZOFF
-    s = tl.load(s_ptr + grp[:, None] * N + offs_n[None, :], mask=mask2, other=0.0).to(tl.float32)
-    w = (q - z).to(tl.float32) * s
     tl.store(out_ptr + offs_k[:, None] * N + offs_n[None, :], w.to(out_ptr.dtype.element_ty), mask=mask2)
 
 # %% ../../nbs/20_kernels.ipynb #c017
