@@ -663,6 +663,8 @@ def _run_plan(plan, x2, qweight, qzeros, scales, g_idx, bias):
     locks = _locks(x2.device, tiles) if sk > 1 else out
     b = bias if bias is not None else out
     if kernel is _gptq_gemv_kernel:
+        if x2.stride(0) % 2 or x2.data_ptr() % 4:   # it reads activations as 4-byte-aligned pairs
+            x2 = x2.clone(memory_format=torch.contiguous_format)
         args = (x2, qweight, qzeros, scales, b, out, ws, locks, M, N, K, x2.stride(0), out.stride(0), qzeros.shape[1], kps)
     else:
         args = (x2, qweight, qzeros, scales, g_idx if g_idx is not None else qweight, b, out, ws, locks,
@@ -717,8 +719,7 @@ def gptq_gemm(x, qweight, qzeros, scales, g_idx=None, bits:int=4, group_size:int
     N = scales.shape[1]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)
-    if x2.stride(-1) != 1 or x2.stride(0) % 2: x2 = x2.contiguous()
-    if x2.data_ptr() % 4: x2 = x2.clone()   # the decode kernel reads activations as 32-bit pairs: 4-byte aligned rows
+    if x2.stride(-1) != 1: x2 = x2.contiguous()
     if plan[0] == "ref":
         W = ref_dequant(qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format, K=K, dtype=torch.float32)
         y = x2.float() @ W
