@@ -271,7 +271,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'gptq_nb.qlinear.available_backends': ('qlinear.html#available_backends', 'gptq_nb/qlinear.py'),
                                  'gptq_nb.qlinear.dequantize_weight': ('qlinear.html#dequantize_weight', 'gptq_nb/qlinear.py'),
                                  'gptq_nb.qlinear.find_block_list': ('qlinear.html#find_block_list', 'gptq_nb/qlinear.py'),
-                                 'gptq_nb.qlinear.linear_shape': ('qlinear.html#linear_shape', 'gptq_nb/qlinear.py'),
                                  'gptq_nb.qlinear.pack_model': ('qlinear.html#pack_model', 'gptq_nb/qlinear.py'),
                                  'gptq_nb.qlinear.quantizable_linears': ('qlinear.html#quantizable_linears', 'gptq_nb/qlinear.py'),
                                  'gptq_nb.qlinear.register_backend': ('qlinear.html#register_backend', 'gptq_nb/qlinear.py'),

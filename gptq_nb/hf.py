@@ -12,7 +12,8 @@ from transformers.quantizers import auto as _qauto
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import GPTQConfig as _HFGPTQConfig
 from .quant import SUPPORTED_BITS
-from .qlinear import QuantLinear, quantizable_linears, linear_shape, _set_module, _is_conv1d
+from .model import linear_shape
+from .qlinear import QuantLinear, quantizable_linears, _set_module, _is_conv1d
 from .io import normalize_quant_config, read_quant_config, read_header, CheckpointError, _quant_config_obj
 
 # %% auto #0

@@ -12,7 +12,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from .quant import QuantizeConfig, SUPPORTED_BITS
 from .pack import FORMATS, pack_weight, convert_qzeros
-from .qlinear import QuantLinear, quantizable_linears, linear_shape, _set_module, _is_conv1d
+from .model import linear_shape
+from .qlinear import QuantLinear, quantizable_linears, _set_module, _is_conv1d
 
 # %% auto #0
 __all__ = ['CONFIG_KEYS', 'CheckpointError', 'normalize_quant_config', 'read_quant_config', 'quantized_state_dict', 'parse_size',

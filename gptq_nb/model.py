@@ -27,6 +27,7 @@ def set_linear_weight(m:nn.Module, W:torch.Tensor):
 
 def linear_shape(m:nn.Module):
     "`(in_features, out_features)` of a linear layer."
+    if not is_linear(m): raise TypeError(f"{type(m).__name__} is not an nn.Linear or Conv1D: only those can be GPTQ-quantized.")
     N, K = linear_weight(m).shape
     return K, N
 

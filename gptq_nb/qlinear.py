@@ -8,12 +8,13 @@ import inspect, re
 import torch
 from torch import nn
 from .quant import QuantizedWeight, QuantizeConfig, n_groups, rtn_quantize
+from .model import linear_shape
 from .pack import block_shape, check_packable, pack_weight, unpack_rows, unpack_zeros, unpack_weight, FORMATS
 
 # %% auto #0
 __all__ = ['AUTO_ORDER', 'register_backend', 'unregister_backend', 'available_backends', 'resolve_backend', 'dequantize_weight',
-           'torch_forward', 'linear_shape', 'QuantLinear', 'find_block_list', 'quantizable_linears',
-           'rtn_quantize_model', 'pack_model', 'set_backend']
+           'torch_forward', 'QuantLinear', 'find_block_list', 'quantizable_linears', 'rtn_quantize_model', 'pack_model',
+           'set_backend']
 
 # %% ../nbs/11_qlinear.ipynb #c005
 _BACKENDS = {}            # name -> (forward_fn, is_available_fn, differentiable)
@@ -85,12 +86,6 @@ register_backend("torch", torch_forward, lambda module, x: True, differentiable=
 
 # %% ../nbs/11_qlinear.ipynb #c009
 def _is_conv1d(m): return type(m).__name__ == "Conv1D" and hasattr(m, "nf")
-
-def linear_shape(m):
-    "`(in_features, out_features)` of an `nn.Linear` or transformers `Conv1D`."
-    if isinstance(m, nn.Linear): return m.in_features, m.out_features
-    if _is_conv1d(m): return m.weight.shape[0], m.weight.shape[1]
-    raise TypeError(f"{type(m).__name__} is not an nn.Linear or Conv1D: only those can be GPTQ-quantized.")
 
 class QuantLinear(nn.Module):
     "A GPTQ-packed linear layer: `y = x @ W + b` with `W` stored as `qweight/qzeros/scales/g_idx`."
