@@ -65,6 +65,8 @@ def check(fast=False):
             dict(bm=16, bn=32, bk=64, sk=1, w=4, s=2, u=0, c=0),
             dict(bm=64, bn=128, bk=64, sk=1, w=4, s=3, u=1, c=0),
             dict(bm=32, bn=64, bk=32, sk=2, w=4, s=3, u=1, c=1),
+            dict(bm=16, bn=128, bk=128, sk=4, w=4, s=3, u=2, c=1),   # codes unpacked with joins
+            dict(bm=64, bn=128, bk=64, sk=2, w=4, s=3, u=2, c=3),    # fp16 W scaled before the MMA
             {"mode": "dequant"}]
     cases = []
     for bits in ((4, 3) if fast else (4, 8, 2, 3)):
@@ -84,7 +86,7 @@ def check(fast=False):
             ref = G.ref_gemm(x, bias=b, **args_of(L))
             tol = 2e-3 if dt == torch.float16 else 6e-3
             variants = []
-            for cfg in (cfgs[0], cfgs[1 + ci % 4], cfgs[5]):
+            for cfg in (cfgs[0], cfgs[1 + ci % 6], cfgs[7]):
                 if ao:  # act-order: direct g_idx path and prepare()'s reordered path
                     variants.append(("gidx", cfg, lambda cfg=cfg: G.gptq_gemm(x, bias=b, config=cfg, **args_of(L))))
                     P = G.prepare(**args_of(L), bias=b)
@@ -245,14 +247,14 @@ def tune(records):
     jobs = []
     for m in MS:
         for cand in (small_cands() if m <= 16 else big_cands(m)):
-            for c in ((0, 1) if m <= 16 else (1,)):
+            for c in (1, 3):
                 for sk in (1, 2):
-                    jobs.append(dict(cand, u=1, c=c, sk=sk))
+                    jobs.append(dict(cand, u=2, c=c, sk=sk))
     uniq = {json.dumps(j, sort_keys=True): j for j in jobs}
     precompile(list(uniq.values()))
     for m in MS:
-        cands = [dict(cd, c=c) for cd in (small_cands() if m <= 16 else big_cands(m)) for c in ((0, 1) if m <= 16 else (1,))]
-        sks = (1, 2, 4, 8, 16) if m <= 16 else (1, 2)
+        cands = [dict(cd, c=c) for cd in (small_cands() if m <= 16 else big_cands(m)) for c in (1, 3)]
+        sks = (2, 4, 8, 16) if m <= 16 else (1, 2)
         scores = {}
         for setname in ("7B", "70B"):
             if setname == "70B":  # prune: the 10 best tile configs on the 7B set
@@ -264,13 +266,19 @@ def tune(records):
                 K, N = sh
                 Ls = copies(layer(K, N, seed=i), n_copies(qbytes(K, N)))
                 x = torch.randn(m, K, device=dev, dtype=torch.float16)
-                best = (float("inf"), None)
+                ref = G.ref_gemm(x, **Ls[0])
+                prev = G.pick_config(m, K, N, 4, 128, dev)
+                best = (safe_graph_time([lambda A=A: G.gptq_gemm(x, config=prev, **A) for A in Ls]), prev)
+                t_prev = best[0]
                 for cand in cands_here:
                     key = json.dumps(cand, sort_keys=True)
                     cbest = float("inf")
                     for sk in sks:
                         if sk > 1 and K // sk < cand["bk"]: continue
-                        cfg = dict(cand, sk=sk, u=1)
+                        cfg = dict(cand, sk=sk, u=2)
+                        e = rel(G.gptq_gemm(x, config=cfg, **Ls[0]), ref)
+                        if not e <= 2e-3:
+                            log("   FAIL", m, K, N, cfg, e); records.setdefault("tune_failures", []).append((m, K, N, cfg, e)); continue
                         t = safe_graph_time([lambda A=A, cfg=cfg: G.gptq_gemm(x, config=cfg, **A) for A in Ls])
                         alltimes.append(dict(m=m, K=K, N=N, cfg=cfg, ms=t))
                         cbest = min(cbest, t)
@@ -281,8 +289,8 @@ def tune(records):
                     alltimes.append(dict(m=m, K=K, N=N, cfg={"mode": "dequant"}, ms=t))
                     if t < best[0]: best = (t, {"mode": "dequant"})
                 table[f"4/{m}/{K}/{N}"] = best[1]
-                del Ls
-                log(f"  m={m:3d} {K}x{N}: best {best[0] * 1e3:8.1f} us  {best[1]}   [{time.time() - t0:.0f}s]")
+                del Ls, ref
+                log(f"  m={m:3d} {K}x{N}: was {t_prev * 1e3:8.1f} us, best {best[0] * 1e3:8.1f} us  {best[1]}   [{time.time() - t0:.0f}s]")
     records["tune_all"] = alltimes
     return {card: table}
 
@@ -307,7 +315,7 @@ def check_gemv():
             for fmt, ao in (("gptq", False), ("gptq_v2", True)):
                 L = layer(K, N, bits, gs, ao, fmt, seed=n)
                 P = G.prepare(**args_of(L))
-                for m, dt in ((1, torch.float16), (3, torch.bfloat16), (4, torch.float16)):
+                for m, dt in ((1, torch.float16), (2, torch.float16), (3, torch.bfloat16), (4, torch.float16)):
                     x = torch.randn(m, K, device=dev, dtype=dt)
                     b = (torch.randn(N, device=dev) * 0.1).to(dt) if m == 3 else None
                     ref = G.ref_gemm(x, bias=b, **args_of(L))
@@ -325,17 +333,18 @@ def check_gemv():
     return dict(runs=n, failures=[str(f) for f in fails])
 
 
-def tune_gemv(records, table):
+def tune_gemv(records, table, ms=(1,)):
     log("== tune gemv (CUDA-graph timing)")
     t0 = time.time()
     cands = gemv_cands()
-    precompile([(m, dict(c, sk=sk)) for m in (1,) for c in cands for sk in (1, 2)])
+    precompile([(m, dict(c, sk=sk)) for m in ms for c in cands for sk in (1, 2)])
     alltimes = []
-    for m in (1,):
+    for m in ms:
         for setname in ("7B", "70B"):
             for i, (K, N) in enumerate(SETS[setname]):
                 Ls = copies(layer(K, N, seed=i), n_copies(qbytes(K, N)))
                 x = torch.randn(m, K, device=dev, dtype=torch.float16)
+                ref = G.ref_gemm(x, **Ls[0])
                 key = f"4/{m}/{K}/{N}"
                 prev = table.get(key)
                 best = (safe_graph_time([lambda A=A: G.gptq_gemm(x, config=prev, **A) for A in Ls]), prev)
@@ -344,12 +353,15 @@ def tune_gemv(records, table):
                     for sk in (16, 32):
                         if K // sk < cand["wpi"] * 8: continue
                         cfg = dict(cand, sk=sk)
+                        e = rel(G.gptq_gemm(x, config=cfg, **Ls[0]), ref)
+                        if not e <= 2e-3:
+                            log("   FAIL", m, K, N, cfg, e); records.setdefault("tune_failures", []).append((m, K, N, cfg, e)); continue
                         t = safe_graph_time([lambda A=A, cfg=cfg: G.gptq_gemm(x, config=cfg, **A) for A in Ls])
                         alltimes.append(dict(m=m, K=K, N=N, cfg=cfg, ms=t))
                         if t < best[0]: best = (t, cfg)
                 table[key] = best[1]
-                del Ls
-                log(f"  m={m} {K}x{N}: dot {t_prev * 1e3:7.1f} us -> best {best[0] * 1e3:7.1f} us {best[1]}  [{time.time() - t0:.0f}s]")
+                del Ls, ref
+                log(f"  m={m} {K}x{N}: was {t_prev * 1e3:7.1f} us -> best {best[0] * 1e3:7.1f} us {best[1]}  [{time.time() - t0:.0f}s]")
     records["tune_gemv_all"] = alltimes
 
 
@@ -433,6 +445,7 @@ def main():
     ap.add_argument("--check-gemv", action="store_true")
     ap.add_argument("--tune-gemv", action="store_true")
     ap.add_argument("--tuned", default=None)
+    ap.add_argument("--gemv-ms", default="1", help="batch rows --tune-gemv tunes, e.g. 1,4")
     ap.add_argument("--ms", default=None, help="S1 batch rows to time, e.g. 1,4 (default: all of PROTOCOL's)")
     ap.add_argument("--s3", action="store_true", help="protocol S3 (end-to-end decode): runs kernels/decode.py")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -461,7 +474,7 @@ def main():
         if a.tune_gemv:
             card = torch.cuda.get_device_name()
             table = G.TUNED.setdefault(card, {})
-            tune_gemv(records, table)
+            tune_gemv(records, table, tuple(int(v) for v in a.gemv_ms.split(",")))
             json.dump({card: table}, open(os.path.join(a.out, f"tuned_{slug}.json"), "w"), indent=1)
             save()
         if a.ms: globals()["MS"] = tuple(int(v) for v in a.ms.split(","))

@@ -177,6 +177,20 @@ def _unpack_rows(qw_ptr, offs_k, offs_n, k0, k_hi, n_mask, N, BITS: tl.constexpr
         sh = tl.arange(0, PER) * BITS
         q = (w[:, None, :] >> sh[None, :, None]) & ((1 << BITS) - 1)
         q = tl.reshape(q, (BLOCK_K, BLOCK_N))
+    elif UNPACK == 2:   # b ∈ {4, 8}: the same codes, built with joins so each thread keeps its words' codes together
+        PER: tl.constexpr = 32 // BITS
+        offs_w = k0 // PER + tl.arange(0, BLOCK_K // PER)
+        w = tl.load(qw_ptr + offs_w[:, None] * N + offs_n[None, :],
+                    mask=(offs_w[:, None] * PER < k_hi) & n_mask[None, :], other=0)
+        MSK: tl.constexpr = (1 << BITS) - 1
+        if PER == 8:   # index [.., a, b, c] of the nested joins holds code 4a + 2b + c
+            e0 = tl.join(tl.join(w & MSK, (w >> 16) & MSK), tl.join((w >> 8) & MSK, (w >> 24) & MSK))
+            e1 = tl.join(tl.join((w >> 4) & MSK, (w >> 20) & MSK), tl.join((w >> 12) & MSK, (w >> 28) & MSK))
+            q = tl.reshape(tl.join(e0, e1), (BLOCK_K // PER, BLOCK_N, PER))
+        else:          # PER == 4: index [.., a, b] holds code 2a + b
+            q = tl.reshape(tl.join(tl.join(w & MSK, (w >> 16) & MSK), tl.join((w >> 8) & MSK, (w >> 24) & MSK)),
+                           (BLOCK_K // PER, BLOCK_N, PER))
+        q = tl.reshape(tl.permute(q, (0, 2, 1)), (BLOCK_K, BLOCK_N))
     else:
         k_mask = offs_k < k_hi
         q = _field(qw_ptr + offs_n[None, :], offs_k[:, None], k_mask[:, None] & n_mask[None, :], N, BITS)
@@ -249,15 +263,19 @@ def _gptq_mm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, gi_ptr, b_ptr, out_ptr, ws_ptr
             grp = k0 // GROUP
             g_mask = n_mask & (k0 < K)   # the last split may step past K: never read a group that isn't there
             z = _field(qz_ptr + grp * stride_z, offs_n, g_mask, 1, BITS) + ZOFF
-            s = tl.load(s_ptr + grp * N + offs_n, mask=g_mask, other=0.0).to(tl.float32)
-            if CVT == 1:   # fp16(0x6400 | q) == 1024 + q exactly, for q < 1024
+            s = tl.load(s_ptr + grp * N + offs_n, mask=g_mask, other=0.0)
+            if CVT == 3:   # fp16 W = s·(q − z), rounded once; the MMA accumulates in place (no per-tile rescale)
+                wq = ((q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True) - (z + 1024).to(tl.float16)[None, :]) * s.to(tl.float16)[None, :]
+                acc = tl.dot(x, wq, acc)
+            elif CVT == 1:   # fp16(0x6400 | q) == 1024 + q exactly, for q < 1024
                 wq = (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True) - (z + 1024).to(tl.float16)[None, :]
             elif CVT == 2:   # fp32 operands: Triton 3.6's CPU interpreter has no bf16 dot (tests only)
                 wq = (q - z[None, :]).to(tl.float32)
                 x = x.to(tl.float32)
             else:
                 wq = (q - z[None, :]).to(x.dtype)
-            acc += tl.dot(x, wq) * s[None, :]
+            if CVT != 3:
+                acc += tl.dot(x, wq) * s.to(tl.float32)[None, :]
         else:
             wq = _dequant_rows(q, qz_ptr, s_ptr, gi_ptr, offs_k, offs_n, k_mask, n_mask, N, stride_z,
                                BITS, GROUP, ZOFF, HAS_GIDX)
@@ -272,17 +290,32 @@ def _gptq_mm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, gi_ptr, b_ptr, out_ptr, ws_ptr
 @_jit
 def _gptq_dequant_kernel(qw_ptr, qz_ptr, s_ptr, gi_ptr, out_ptr, N, K, stride_z,
                          BITS: tl.constexpr, GROUP: tl.constexpr, ZOFF: tl.constexpr, HAS_GIDX: tl.constexpr,
-                         UNPACK: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+                         UNPACK: tl.constexpr, PER_BLOCK: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     "W[k, n] = s[g, n]·(q[k, n] − z[g, n]) written in out's dtype: the first half of dequantize-then-cuBLAS."
     k0 = tl.program_id(1) * BLOCK_K
-    offs_k = k0 + tl.arange(0, BLOCK_K)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    k_mask = offs_k < K
     n_mask = offs_n < N
-    q = _unpack_rows(qw_ptr, offs_k, offs_n, k0, K, n_mask, N, BITS, UNPACK, BLOCK_K, BLOCK_N)
-    w = _dequant_rows(q, qz_ptr, s_ptr, gi_ptr, offs_k, offs_n, k_mask, n_mask, N, stride_z, BITS, GROUP, ZOFF, HAS_GIDX)
-    mask2 = k_mask[:, None] & n_mask[None, :]
-    tl.store(out_ptr + offs_k[:, None] * N + offs_n[None, :], w.to(out_ptr.dtype.element_ty), mask=mask2)
+    if PER_BLOCK:   # one group per tile and whole words: code j of word row r is row k0 + PER·r + j, stored as it is cut
+        PER: tl.constexpr = 32 // BITS
+        offs_w = k0 // PER + tl.arange(0, BLOCK_K // PER)
+        w_mask = (offs_w < K // PER)[:, None] & n_mask[None, :]
+        w = tl.load(qw_ptr + offs_w[:, None] * N + offs_n[None, :], mask=w_mask, other=0)
+        grp = k0 // GROUP
+        z = (_field(qz_ptr + grp * stride_z, offs_n, n_mask, 1, BITS) + ZOFF).to(tl.float32)
+        s = tl.load(s_ptr + grp * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        zs = z * s
+        for j in tl.static_range(PER):
+            q = ((w >> (BITS * j)) & ((1 << BITS) - 1)).to(tl.float32)
+            tl.store(out_ptr + (offs_w * PER + j)[:, None] * N + offs_n[None, :],
+                     (q * s[None, :] - zs[None, :]).to(out_ptr.dtype.element_ty), mask=w_mask)
+    else:
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < K
+        q = _unpack_rows(qw_ptr, offs_k, offs_n, k0, K, n_mask, N, BITS, UNPACK, BLOCK_K, BLOCK_N)
+        w = _dequant_rows(q, qz_ptr, s_ptr, gi_ptr, offs_k, offs_n, k_mask, n_mask, N, stride_z, BITS, GROUP, ZOFF, HAS_GIDX)
+        mask2 = k_mask[:, None] & n_mask[None, :]
+        tl.store(out_ptr + offs_k[:, None] * N + offs_n[None, :], w.to(out_ptr.dtype.element_ty), mask=mask2)
+
 
 # %% ../../nbs/20_kernels.ipynb #c017
 @_jit
@@ -348,20 +381,36 @@ def _half(v, HI: tl.constexpr):
     b = (v >> 16) & 0xFFFF if HI else v & 0xFFFF
     return b.to(tl.int16).to(tl.float16, bitcast=True)
 
+def _w4_asm(rows:int) -> str:
+    """PTX for `_w4_dot` over `rows` rows: operands are the rows' fp32 sums, then the word, (1024 + z) as a half2 and 4
+    activation pairs per row. The 8 codes are dequantized once (shift, LOP3, HSUB2 per pair of codes); each row adds
+    4 HFMA2s and the fp16 → fp32 fold."""
+    w, zh = f"${rows}", f"${rows + 1}"
+    acc = ", ".join(f"a{r}" for r in range(rows))
+    lines = [f"{{ .reg .b32 t, q0, q1, q2, q3, {acc}; .reg .b16 l, h; .reg .f32 fl, fh;"]
+    for j in range(4):
+        src = w if j == 0 else "t"
+        if j: lines.append(f"shr.u32 t, {w}, {4 * j};")
+        lines.append(f"lop3.b32 q{j}, {src}, 0x000F000F, 0x64006400, 0xEA; sub.rn.f16x2 q{j}, q{j}, {zh};")
+    for r in range(rows):
+        p = [f"${rows + 2 + 4 * r + j}" for j in range(4)]
+        lines.append(f"mul.rn.f16x2 a{r}, q0, {p[0]}; fma.rn.f16x2 a{r}, q1, {p[1]}, a{r}; "
+                     f"fma.rn.f16x2 a{r}, q2, {p[2]}, a{r}; fma.rn.f16x2 a{r}, q3, {p[3]}, a{r};")
+        lines.append(f"mov.b32 {{l, h}}, a{r}; cvt.f32.f16 fl, l; cvt.f32.f16 fh, h; add.f32 ${r}, fl, fh;")
+    return "\n".join(lines) + " }"
+
+_W4_ASM1 = tl.constexpr(_w4_asm(1)) if triton is not None else None
+_W4_ASM2 = tl.constexpr(_w4_asm(2)) if triton is not None else None
+_W4_ASM4 = tl.constexpr(_w4_asm(4)) if triton is not None else None
+
 @_jit
 def _w4_dot(w, zh, p0, p1, p2, p3, ASM: tl.constexpr):
-    """Σ over the 8 codes of 4-bit word w of (q − z)·x/64, in fp32. Codes j and j+4 come out together as the half2
+    """One row: Σ over the 8 codes of 4-bit word w of (q − z)·x/64, in fp32. Codes j and j+4 come out together as the half2
     (1024 + q) with one LOP3 (`(w >> 4j) & 0x000F000F | 0x64006400`), lose 1024 + z exactly (HADD2) and meet the
     activation pair p_j = (x_j, x_j+4)/64 in HFMA2: 11 packed instructions for 8 weights, then 2 converts and an add."""
     if ASM:
-        return tl.inline_asm_elementwise("""{
-            .reg .b32 t, q, a; .reg .b16 l, h; .reg .f32 fl, fh;
-            lop3.b32 q, $1, 0x000F000F, 0x64006400, 0xEA; sub.rn.f16x2 q, q, $2; mul.rn.f16x2 a, q, $3;
-            shr.u32 t, $1, 4;  lop3.b32 q, t, 0x000F000F, 0x64006400, 0xEA; sub.rn.f16x2 q, q, $2; fma.rn.f16x2 a, q, $4, a;
-            shr.u32 t, $1, 8;  lop3.b32 q, t, 0x000F000F, 0x64006400, 0xEA; sub.rn.f16x2 q, q, $2; fma.rn.f16x2 a, q, $5, a;
-            shr.u32 t, $1, 12; lop3.b32 q, t, 0x000F000F, 0x64006400, 0xEA; sub.rn.f16x2 q, q, $2; fma.rn.f16x2 a, q, $6, a;
-            mov.b32 {l, h}, a; cvt.f32.f16 fl, l; cvt.f32.f16 fh, h; add.f32 $0, fl, fh; }""",
-            "=r,r,r,r,r,r,r", [w, zh, p0, p1, p2, p3], dtype=tl.float32, is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(_W4_ASM1, "=r,r,r,r,r,r,r", [w, zh, p0, p1, p2, p3], dtype=tl.float32,
+                                         is_pure=True, pack=1)
     else:
         z = _half(zh, False).to(tl.float32) - 1024.0
         acc_l = tl.zeros(w.shape, dtype=tl.float16)
@@ -374,6 +423,36 @@ def _w4_dot(w, zh, p0, p1, p2, p3, ASM: tl.constexpr):
             acc_h = (acc_h + qh.to(tl.float16) * _half(p, True)).to(tl.float16)
         return acc_l.to(tl.float32) + acc_h.to(tl.float32)
 
+@_jit
+def _w4_dot2(w, zh, p0, p1, p2, p3, r0, r1, r2, r3, ASM: tl.constexpr):
+    "Two rows (pairs p, r) against one dequantization of the word's 8 codes."
+    if ASM:
+        return tl.inline_asm_elementwise(_W4_ASM2, "=r,=r" + ",r" * 10, [w, zh, p0, p1, p2, p3, r0, r1, r2, r3],
+                                         dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
+    else:
+        return _w4_dot(w, zh, p0, p1, p2, p3, ASM), _w4_dot(w, zh, r0, r1, r2, r3, ASM)
+
+@_jit
+def _w4_dot4(w, zh, p0, p1, p2, p3, r0, r1, r2, r3, u0, u1, u2, u3, v0, v1, v2, v3, ASM: tl.constexpr):
+    "Four rows (pairs p, r, u, v) against one dequantization of the word's 8 codes."
+    if ASM:
+        return tl.inline_asm_elementwise(_W4_ASM4, "=r,=r,=r,=r" + ",r" * 18,
+                                         [w, zh, p0, p1, p2, p3, r0, r1, r2, r3, u0, u1, u2, u3, v0, v1, v2, v3],
+                                         dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=True, pack=1)
+    else:
+        return (_w4_dot(w, zh, p0, p1, p2, p3, ASM), _w4_dot(w, zh, r0, r1, r2, r3, ASM),
+                _w4_dot(w, zh, u0, u1, u2, u3, ASM), _w4_dot(w, zh, v0, v1, v2, v3, ASM))
+
+@_jit
+def _h2_pairs(xw, ok, ASM: tl.constexpr):
+    "One row's activation pairs for a word row [WPI]: (x_j, x_j+4)/64 for j = 0..3, as [WPI, 1] half2 bits (0 if not ok)."
+    xa = tl.load(xw, mask=ok, other=0)
+    xb = tl.load(xw + 1, mask=ok, other=0)
+    xc = tl.load(xw + 2, mask=ok, other=0)
+    xd = tl.load(xw + 3, mask=ok, other=0)
+    return (_x_h2(xa, xc, False, ASM)[:, None], _x_h2(xa, xc, True, ASM)[:, None],
+            _x_h2(xb, xd, False, ASM)[:, None], _x_h2(xb, xd, True, ASM)[:, None])
+
 @_jit(do_not_specialize=["M"])
 def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock_ptr,
                       M, N, K, stride_xm, stride_om, stride_z, k_per_split,
@@ -381,7 +460,7 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
                       SPLIT: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr, WPI: tl.constexpr,
                       PF: tl.constexpr, XBF16: tl.constexpr, ASM: tl.constexpr, RED: tl.constexpr, H2: tl.constexpr):
     """CUDA-core decode: M ≤ MB ≤ 4 rows; K a multiple of the tile's WPI·32/BITS rows, which divide GROUP.
-    H2 (4-bit, fp16, one row): packed-half arithmetic (`_w4_dot`) instead of the fp32 mantissa trick."""
+    H2 (4-bit, fp16): packed-half arithmetic (`_w4_dot`) instead of the fp32 mantissa trick."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     PER: tl.constexpr = 32 // BITS
@@ -421,15 +500,26 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
         ah2, al2, sh2, sl2 = z2, z2, z1, z1
         ah3, al3, sh3, sl3 = z2, z2, z1, z1
         xw = x32 + k0 // 2 + offs_r * (PER // 2)
-        if H2:   # the word row's 8 activations as the pairs (x_j, x_j+4)/64 that codes j and j+4 meet
-            xa = tl.load(xw)
-            xb = tl.load(xw + 1)
-            xc = tl.load(xw + 2)
-            xd = tl.load(xw + 3)
+        if H2:   # each row's 8 activations per word row as the pairs (x_j, x_j+4)/64 that codes j and j+4 meet
             zb = (zi + 1024).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-            zh = zb | (zb << 16)   # the half2 (1024 + z, 1024 + z)
-            ah0 += _w4_dot(w, zh[None, :], _x_h2(xa, xc, False, ASM)[:, None], _x_h2(xa, xc, True, ASM)[:, None],
-                           _x_h2(xb, xd, False, ASM)[:, None], _x_h2(xb, xd, True, ASM)[:, None], ASM)
+            zh = (zb | (zb << 16))[None, :]   # the half2 (1024 + z, 1024 + z)
+            p0, p1, p2, p3 = _h2_pairs(xw, 0 < M, ASM)
+            if MB == 1:
+                ah0 += _w4_dot(w, zh, p0, p1, p2, p3, ASM)
+            elif MB == 2:
+                r0, r1, r2, r3 = _h2_pairs(xw + xs, 1 < M, ASM)
+                d0, d1 = _w4_dot2(w, zh, p0, p1, p2, p3, r0, r1, r2, r3, ASM)
+                ah0 += d0
+                ah1 += d1
+            else:
+                r0, r1, r2, r3 = _h2_pairs(xw + xs, 1 < M, ASM)
+                u0, u1, u2, u3 = _h2_pairs(xw + 2 * xs, 2 < M, ASM)
+                v0, v1, v2, v3 = _h2_pairs(xw + 3 * xs, 3 < M, ASM)
+                d0, d1, d2, d3 = _w4_dot4(w, zh, p0, p1, p2, p3, r0, r1, r2, r3, u0, u1, u2, u3, v0, v1, v2, v3, ASM)
+                ah0 += d0
+                ah1 += d1
+                ah2 += d2
+                ah3 += d3
         for i in tl.static_range(0 if H2 else PER // 2):   # codes 2i and 2i+1 of every word: one shift, two LOP3s
             SH = 23 - 2 * BITS * (i + 1)
             if SH >= 0:
@@ -446,13 +536,18 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
                 ah3, al3, sh3, sl3 = _gemv_row(xw + 3 * xs + i, 3 < M, fh, fl, ah3, al3, sh3, sl3, XBF16, ASM)
         if H2:
             y0 += (64.0 * s) * tl.sum(ah0, axis=0)
+            if MB > 1:
+                y1 += (64.0 * s) * tl.sum(ah1, axis=0)
+            if MB > 2:
+                y2 += (64.0 * s) * tl.sum(ah2, axis=0)
+                y3 += (64.0 * s) * tl.sum(ah3, axis=0)
         else:
             y0 += _gemv_tile(ah0, al0, sh0, sl0, s, z, BITS)
-        if MB > 1:
-            y1 += _gemv_tile(ah1, al1, sh1, sl1, s, z, BITS)
-        if MB > 2:
-            y2 += _gemv_tile(ah2, al2, sh2, sl2, s, z, BITS)
-            y3 += _gemv_tile(ah3, al3, sh3, sl3, s, z, BITS)
+            if MB > 1:
+                y1 += _gemv_tile(ah1, al1, sh1, sl1, s, z, BITS)
+            if MB > 2:
+                y2 += _gemv_tile(ah2, al2, sh2, sl2, s, z, BITS)
+                y3 += _gemv_tile(ah3, al3, sh3, sl3, s, z, BITS)
     offs_m = tl.arange(0, MB)
     r = offs_m[:, None]
     y = tl.where(r == 0, y0[None, :], tl.where(r == 1, y1[None, :], tl.where(r == 2, y2[None, :], y3[None, :])))
@@ -618,6 +713,7 @@ def _fused_plan(M, K, N, bits, group_size, zoff, has_gidx, has_bias, dtype, cfg)
     G = _group(K, group_size)
     per_block = not has_gidx and G % bk == 0
     unpack = int(cfg.get("u", 1)) if bits != 3 else 0
+    if unpack == 2 and bits not in (4, 8): unpack = 1   # the join-built unpack is written for 8 and 4 codes per word
     cvt = int(cfg.get("c", 0)) if (dtype == torch.float16 and per_block) else 0
     if dtype == torch.bfloat16 and _interpret(): cvt = 2   # the interpreter can't dot bf16: fp32 operands
     kps = -(-(-(-K // max(1, cfg.get("sk", 1)))) // bk) * bk     # K rows per split, a multiple of bk
@@ -644,7 +740,7 @@ def _gemv_plan(M, K, N, bits, group_size, zoff, has_bias, dtype, cfg):
     consts = dict(BITS=bits, GROUP=G, ZOFF=zoff, HAS_BIAS=has_bias, SPLIT=sk > 1, MB=mb, BLOCK_N=bn, WPI=wpi,
                   PF=int(cfg.get("pf", 1)), XBF16=dtype == torch.bfloat16, ASM=not _interpret(),
                   RED=max(1, min(8, 4096 // (mb * bn))),
-                  H2=bool(cfg.get("h2", _H2_DEFAULT)) and bits == 4 and mb == 1 and dtype == torch.float16)
+                  H2=bool(cfg.get("h2", _H2_DEFAULT)) and bits == 4 and dtype == torch.float16)
     return (_gptq_gemv_kernel, grid, consts, kps, sk, grid[0], cfg.get("w", 2), cfg.get("s", 1))
 
 def _gemv_ok(M, K, bits, has_gidx, group_size, dtype, cfg):
@@ -680,11 +776,15 @@ def dequantize(qweight, qzeros, scales, g_idx=None, bits:int=4, group_size:int=1
     if not kernels_available(qweight.device):
         return ref_dequant(qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format, K=K, dtype=torch.float32).to(dtype)
     out = torch.empty(K, N, dtype=dtype, device=qweight.device)
+    G = _group(K, group_size)
     BK, BN = 64, 128
+    while G % BK and BK > 8: BK //= 2
+    per_block = g_idx is None and bits in (2, 4, 8) and G % BK == 0 and BK % (32 // bits) == 0 and K % (32 // bits) == 0
+    if not per_block: BK = 64
     _gptq_dequant_kernel[(-(-N // BN), -(-K // BK))](
         qweight, qzeros, scales, g_idx if g_idx is not None else qweight, out, N, K, qzeros.shape[1],
-        BITS=bits, GROUP=_group(K, group_size), ZOFF=1 if checkpoint_format == "gptq" else 0,
-        HAS_GIDX=g_idx is not None, UNPACK=0 if bits == 3 else 1, BLOCK_K=BK, BLOCK_N=BN, num_warps=4)
+        BITS=bits, GROUP=G, ZOFF=1 if checkpoint_format == "gptq" else 0, HAS_GIDX=g_idx is not None,
+        UNPACK=0 if bits == 3 else 1, PER_BLOCK=per_block, BLOCK_K=BK, BLOCK_N=BN, num_warps=4)
     return out
 
 _PLANS: dict = {}
