@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from .quant import QuantizeConfig, SUPPORTED_BITS
 from .pack import FORMATS, pack_weight, convert_qzeros
 from .model import linear_shape
-from .qlinear import QuantLinear, quantizable_linears, _set_module, _is_conv1d
+from .qlinear import QuantLinear, MergedProjection, quantizable_linears, _set_module, _is_conv1d
 
 # %% auto #0
 __all__ = ['CONFIG_KEYS', 'CheckpointError', 'normalize_quant_config', 'read_quant_config', 'quantized_state_dict', 'parse_size',
@@ -80,6 +80,9 @@ def _same_storage(a, b):
 
 def quantized_state_dict(model, config:QuantizeConfig, dtype=None):
     "`{name: tensor}` of the GPTQ checkpoint of `model` (CPU, contiguous, tied duplicates dropped); `dtype` casts float tensors."
+    if any(isinstance(m, MergedProjection) for m in model.modules()):
+        raise ValueError("this model's projections are merged (merge_projections), a layout no GPTQ loader reads: "
+                         "call gptq_nb.qlinear.unmerge_projections(model) before saving.")
     fmt = config.checkpoint_format; sd, packed = {}, {}
     for name, m in model.named_modules():
         if hasattr(m, "gptq_result") and not isinstance(m, QuantLinear):

@@ -12,9 +12,10 @@ from .model import linear_shape
 from .pack import block_shape, check_packable, pack_weight, unpack_rows, unpack_zeros, unpack_weight, FORMATS
 
 # %% auto #0
-__all__ = ['AUTO_ORDER', 'register_backend', 'unregister_backend', 'available_backends', 'resolve_backend', 'dequantize_weight',
-           'torch_forward', 'QuantLinear', 'find_block_list', 'quantizable_linears', 'rtn_quantize_model', 'pack_model',
-           'set_backend']
+__all__ = ['AUTO_ORDER', 'MERGE_GROUPS', 'register_backend', 'unregister_backend', 'available_backends', 'resolve_backend',
+           'dequantize_weight', 'torch_forward', 'QuantLinear', 'find_block_list', 'quantizable_linears',
+           'rtn_quantize_model', 'pack_model', 'set_backend', 'merge_qlinears', 'MergedProjection', 'ProjectionPart',
+           'merge_projections', 'unmerge_projections']
 
 # %% ../nbs/11_qlinear.ipynb #c005
 _BACKENDS = {}            # name -> (forward_fn, is_available_fn, differentiable)
@@ -218,3 +219,93 @@ def set_backend(model, backend:str):
     for m in model.modules():
         if isinstance(m, QuantLinear): m.backend = backend
     return model
+
+# %% ../nbs/11_qlinear.ipynb #c030
+MERGE_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))   # sibling names, in the order they are called
+
+def merge_qlinears(layers) -> QuantLinear:
+    "One `QuantLinear` whose output is `layers`' outputs side by side: their packed tensors joined along N."
+    a = layers[0]
+    for m in layers[1:]:
+        for attr in ("in_features", "bits", "group_size", "checkpoint_format", "sym"):
+            if getattr(m, attr) != getattr(a, attr):
+                raise ValueError(f"can't merge: {attr} differs ({getattr(a, attr)!r} vs {getattr(m, attr)!r}).")
+        if (m.bias is None) != (a.bias is None): raise ValueError("can't merge: some of the layers have a bias, some don't.")
+        if m.scales.dtype != a.scales.dtype or m.qweight.device != a.qweight.device:
+            raise ValueError("can't merge: the layers differ in dtype or device; move them first (model.to(...)).")
+        if not torch.equal(m.g_idx, a.g_idx):
+            raise ValueError("can't merge: the layers' g_idx differ (act-order quantizes each layer in its own order).")
+    N = sum(m.out_features for m in layers)
+    out = QuantLinear(a.in_features, N, a.bits, a.group_size, a.bias is not None, a.checkpoint_format, a.sym,
+                      a.backend, device="meta", dtype=a.scales.dtype)
+    for k in ("qweight", "qzeros", "scales") + (("bias",) if a.bias is not None else ()):
+        setattr(out, k, torch.cat([getattr(m, k) for m in layers], dim=-1))   # qzeros: whole words per layer (N·b % 32 == 0)
+    out.g_idx = a.g_idx.clone()
+    return out
+
+class MergedProjection(nn.Module):
+    "The first slot of a merged group: runs the merged layer, returns its own part and keeps the others for `take`."
+    def __init__(self, merged:QuantLinear, sizes):
+        super().__init__()
+        self.merged, self.sizes = merged, [int(s) for s in sizes]
+        self._x, self._rest = None, None
+
+    def forward(self, x):
+        out = self.merged(x).split(self.sizes, dim=-1)
+        self._x, self._rest = x, list(out[1:])
+        return out[0]
+
+    def take(self, x, i:int):
+        "Part `i` for input `x`: the kept output if the group last ran on this very tensor, else a fresh run."
+        if self._x is x and self._rest is not None and self._rest[i - 1] is not None:
+            y, self._rest[i - 1] = self._rest[i - 1], None
+            if all(r is None for r in self._rest): self._x, self._rest = None, None   # hold nothing between steps
+            return y
+        return self.merged(x).split(self.sizes, dim=-1)[i]
+
+class ProjectionPart(nn.Module):
+    "Slot `i > 0` of a merged group (e.g. `k_proj`): its part of the output the group's first slot computed."
+    def __init__(self, head:MergedProjection, i:int):
+        super().__init__()
+        self._head, self.i = [head], i   # in a list: the head is a submodule of its own slot, not of this one
+
+    def forward(self, x): return self._head[0].take(x, self.i)
+    def extra_repr(self): return f"part {self.i} of a merged projection, out_features={self._head[0].sizes[self.i]}"
+
+def merge_projections(model, groups=MERGE_GROUPS) -> int:
+    "Merge each group of sibling `QuantLinear`s named in `groups` into one launch, in place; returns how many groups."
+    import warnings
+    n = 0
+    for pname, parent in list(model.named_modules()):
+        for names in groups:
+            mods = [getattr(parent, nm, None) for nm in names]
+            if not all(isinstance(m, QuantLinear) for m in mods): continue
+            try: merged = merge_qlinears(mods)
+            except ValueError as e:
+                warnings.warn(f"{pname}: {'/'.join(names)} left unmerged: {e}"); continue
+            head = MergedProjection(merged, [m.out_features for m in mods])
+            setattr(parent, names[0], head)
+            for i, nm in enumerate(names[1:], 1): setattr(parent, nm, ProjectionPart(head, i))
+            n += 1
+    return n
+
+def unmerge_projections(model, groups=MERGE_GROUPS) -> int:
+    "Undo `merge_projections`: each group's own `QuantLinear`s again (the checkpoint's layout); returns how many groups."
+    n = 0
+    for parent in list(model.modules()):
+        for names in groups:
+            head = getattr(parent, names[0], None)
+            if not isinstance(head, MergedProjection): continue
+            m, at = head.merged, 0
+            for nm, size in zip(names, head.sizes):
+                q = QuantLinear(m.in_features, size, m.bits, m.group_size, m.bias is not None, m.checkpoint_format, m.sym,
+                                m.backend, device="meta", dtype=m.scales.dtype)
+                zlo, zhi = (at * m.bits // 32, (at + size) * m.bits // 32)
+                q.qweight, q.scales = m.qweight[:, at:at + size].clone(), m.scales[:, at:at + size].clone()
+                q.qzeros, q.g_idx = m.qzeros[:, zlo:zhi].clone(), m.g_idx.clone()
+                if m.bias is not None: q.bias = m.bias[at:at + size].clone()
+                setattr(parent, nm, q)
+                at += size
+            n += 1
+    return n
+

@@ -8,6 +8,8 @@ Model: `LlamaForCausalLM` from the Llama-2-7B config (hidden 4096, intermediate 
 every nn.Linear of the decoder layers becomes a `QuantLinear` (backend 'auto': Triton on CUDA) holding random 4-bit
 g128 packed tensors from `random_gptq` (one set per role q/k/v/o/gate/up/down, scales rescaled to weight std 0.02,
 format gptq_v2: see `random_quantlinear`); lm_head and embeddings stay fp16. Batch 1, 128-token random prompt, greedy.
+Third model (unless --no-merge): the same quantized model after `merge_projections` (q/k/v and gate/up each one
+launch; the fp16 model keeps transformers' separate layers, as a user would run it).
 
 Harness, identical for both: transformers' StaticCache; prefill = one forward over the prompt, then 128 decode steps.
 A step is all on-device (reads static `ids`/`pos`, argmaxes, stores the token, advances `ids`/`pos` in place), so on
@@ -25,7 +27,7 @@ from torch import nn
 import transformers
 from transformers import LlamaConfig, LlamaForCausalLM, StaticCache
 import gptq_nb.kernels.gemm as gemm   # registers the 'triton' QuantLinear backend when triton imports
-from gptq_nb.qlinear import QuantLinear, dequantize_weight, resolve_backend
+from gptq_nb.qlinear import QuantLinear, dequantize_weight, resolve_backend, merge_projections
 
 log = functools.partial(print, flush=True)
 
@@ -223,6 +225,7 @@ def main():
     ap.add_argument("--compile", action="store_true", help="also time the torch.compile'd step")
     ap.add_argument("--compile-mode", default="max-autotune-no-cudagraphs")
     ap.add_argument("--tuned", help="kernel tuning table JSON for gemm.load_tuning")
+    ap.add_argument("--no-merge", action="store_true", help="skip the third model (q/k/v and gate/up merged)")
     args = ap.parse_args()
     args.prompt_len = args.prompt_len or (16 if args.tiny else 128)
     args.new_tokens = args.new_tokens or (8 if args.tiny else 128)
@@ -247,8 +250,12 @@ def main():
         result["meta"]["attn_implementation"] = model.config._attn_implementation
         fl = "fp16" if dtype == torch.float16 else "fp32"
         log(f"built {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params ({fl}) on {device} in {time.time() - t0:.1f} s")
-        for label in (fl, "gptq-4bit-g128"):
-            if label != fl:
+        labels = (fl, "gptq-4bit-g128") + (() if args.no_merge else ("gptq-4bit-g128+merged",))
+        for label in labels:
+            if label.endswith("+merged"):
+                result["merged_groups"] = merge_projections(model)
+                log(f"merged {result['merged_groups']} q/k/v and gate/up groups into one launch each")
+            elif label != fl:
                 t1 = time.time()
                 nq = quantize_in_place(model, device, dtype)
                 q = next(m for m in model.modules() if isinstance(m, QuantLinear))

@@ -581,16 +581,17 @@ def _pow2_floor(v:int) -> int: return 1 << (max(int(v), 1).bit_length() - 1)
 
 def default_config(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="cuda", gemv:bool|None=None) -> dict:
     """Heuristic launch config for a shape the tuning table lacks. gemv: the CUDA-core decode kernel (None: for m ≤ 2,
-    where it won on the H200; kernels/RESULTS.md)."""
+    and 4-bit m ≤ 4, where it won on the H200; kernels/RESULTS.md)."""
     if m > 128: return {"mode": "dequant"}
     g = _group(K, group_size)
-    if gemv is None: gemv = m <= 2
+    if gemv is None: gemv = m <= 2 or (m <= 4 and bits == 4)   # 4-bit, 3-4 rows: the packed-half path won every shape
     if gemv and m <= 4 and bits in (2, 4, 8):
         per = 32 // bits
         wpi = 8 if m == 1 else 4   # each extra row adds accumulators: fewer words per thread keep it out of spills
         while wpi > 1 and (g % (wpi * per) or K % (wpi * per)): wpi //= 2
         if g % (wpi * per) == 0 and K % (wpi * per) == 0:
-            bn, w = 512, 4   # the H200's tuning picked 512 columns over 4 warps for 6 of its 8 shapes (RESULTS.md)
+            # the H200's tuning: 512 columns over 4 warps at m ≤ 2 (most shapes), 128 over 1 warp at m=3-4 (RESULTS.md)
+            bn, w = (512, 4) if m <= 2 else (128, 1)
             tiles = -(-N // bn)
             sk = max(1, min(32, _pow2_floor(max(1, 8 * _sms(device) // tiles)), max(1, K // (2 * wpi * per))))
             return dict(mode="gemv", bn=bn, wpi=wpi, sk=sk, w=w, pf=1)
@@ -601,28 +602,29 @@ def default_config(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="
         tiles = -(-N // bn)
         sk = max(1, min(_pow2_floor(max(1, 4 * _sms(device) // tiles)), max(1, K // (2 * bk))))
         return dict(bm=16, bn=bn, bk=bk, sk=sk, w=4, s=4, u=1, c=1)
-    return dict(bm=64, bn=128, bk=min(bk, 64), sk=1, w=4, s=3, u=1, c=1)
+    return dict(bm=64, bn=64, bk=min(bk, 64), sk=2, w=4, s=4, u=2, c=3)   # m=64's most frequent winner on the H200
 
 # %% ../../nbs/20_kernels.ipynb #c020
 # Per-card tuning table: card name -> "bits/m/K/N" -> config, from kernels/tuned_<card>.json (kernels/bench.py --tune).
-TUNED: dict = {"NVIDIA H200": {  # kernels/bench.py --tune and kernels/explore.py, 2026-11-27, CUDA-graph timing
-    # (kernels/RESULTS.md). m=1: the CUDA-core decode kernel (h2: packed-half math).
+TUNED: dict = {"NVIDIA H200": {  # kernels/bench.py --tune --tune-gemv --gemv-ms 1,4, 2026-11-27, CUDA-graph timing
+    # (kernels/RESULTS.md). m ≤ 4: the CUDA-core decode kernel (h2: packed-half math); m=16, 64: the tensor-core kernel
+    # (u=2: join-built unpack, c=3: fp16-scaled weights); m=256: dequantize + cuBLAS.
     "4/1/4096/12288": dict(mode="gemv", bn=512, wpi=8, sk=16, w=4, pf=1, h2=1),
-    "4/1/4096/4096": dict(mode="gemv", bn=64, wpi=8, sk=32, w=1, pf=1, h2=0),
-    "4/1/4096/22016": dict(mode="gemv", bn=512, wpi=4, sk=16, w=4, pf=1, h2=1),
-    "4/1/11008/4096": dict(mode="gemv", bn=64, wpi=8, sk=32, w=1, pf=1, h2=0),
-    "4/1/8192/10240": dict(mode="gemv", bn=512, wpi=4, sk=32, w=4, pf=1, h2=1),
+    "4/1/4096/4096": dict(mode="gemv", bn=64, wpi=8, sk=32, w=1, pf=1, h2=1),
+    "4/1/4096/22016": dict(mode="gemv", bn=512, wpi=4, sk=32, w=4, pf=1, h2=1),
+    "4/1/11008/4096": dict(mode="gemv", bn=64, wpi=8, sk=32, w=1, pf=1, h2=1),
+    "4/1/8192/10240": dict(mode="gemv", bn=512, wpi=8, sk=32, w=4, pf=1, h2=1),
     "4/1/8192/8192": dict(mode="gemv", bn=512, wpi=8, sk=32, w=4, pf=1, h2=1),
-    "4/1/8192/57344": dict(mode="gemv", bn=512, wpi=4, sk=16, w=4, pf=1, h2=1),
-    "4/1/28672/8192": dict(mode="gemv", bn=512, wpi=8, sk=32, w=4, pf=1, h2=1),
-    "4/4/4096/12288": dict(bm=16, bn=128, bk=128, sk=4, w=4, s=3, u=1, c=0),
-    "4/4/4096/4096": dict(bm=16, bn=64, bk=128, sk=8, w=4, s=2, u=1, c=0),
-    "4/4/4096/22016": dict(bm=16, bn=128, bk=64, sk=8, w=4, s=3, u=1, c=0),
-    "4/4/11008/4096": dict(bm=16, bn=64, bk=128, sk=8, w=4, s=3, u=1, c=0),
-    "4/4/8192/10240": dict(bm=16, bn=128, bk=64, sk=8, w=4, s=3, u=1, c=0),
-    "4/4/8192/8192": dict(bm=16, bn=128, bk=128, sk=8, w=4, s=2, u=1, c=0),
-    "4/4/8192/57344": dict(bm=16, bn=128, bk=64, sk=4, w=4, s=3, u=1, c=0),
-    "4/4/28672/8192": dict(bm=16, bn=128, bk=128, sk=8, w=4, s=2, u=1, c=0),
+    "4/1/8192/57344": dict(mode="gemv", bn=512, wpi=8, sk=16, w=4, pf=1, h2=1),
+    "4/1/28672/8192": dict(mode="gemv", bn=128, wpi=8, sk=32, w=1, pf=1, h2=1),
+    "4/4/4096/12288": dict(mode="gemv", bn=128, wpi=4, sk=16, w=1, pf=1, h2=1),
+    "4/4/4096/4096": dict(mode="gemv", bn=64, wpi=8, sk=16, w=1, pf=1, h2=1),
+    "4/4/4096/22016": dict(mode="gemv", bn=128, wpi=4, sk=16, w=1, pf=1, h2=1),
+    "4/4/11008/4096": dict(mode="gemv", bn=64, wpi=8, sk=16, w=1, pf=1, h2=1),
+    "4/4/8192/10240": dict(mode="gemv", bn=128, wpi=4, sk=32, w=1, pf=1, h2=1),
+    "4/4/8192/8192": dict(mode="gemv", bn=128, wpi=8, sk=16, w=1, pf=1, h2=1),
+    "4/4/8192/57344": dict(mode="gemv", bn=512, wpi=4, sk=16, w=2, pf=1, h2=1),
+    "4/4/28672/8192": dict(mode="gemv", bn=512, wpi=4, sk=32, w=2, pf=1, h2=1),
     "4/16/4096/12288": dict(bm=16, bn=128, bk=128, sk=4, w=4, s=3, u=1, c=0),
     "4/16/4096/4096": dict(bm=16, bn=64, bk=128, sk=8, w=4, s=2, u=1, c=0),
     "4/16/4096/22016": dict(bm=16, bn=128, bk=64, sk=8, w=4, s=3, u=1, c=0),
@@ -631,14 +633,14 @@ TUNED: dict = {"NVIDIA H200": {  # kernels/bench.py --tune and kernels/explore.p
     "4/16/8192/8192": dict(bm=16, bn=128, bk=128, sk=8, w=4, s=2, u=1, c=0),
     "4/16/8192/57344": dict(bm=16, bn=128, bk=64, sk=4, w=4, s=3, u=1, c=0),
     "4/16/28672/8192": dict(bm=16, bn=128, bk=128, sk=8, w=4, s=2, u=1, c=0),
-    "4/64/4096/12288": dict(bm=64, bn=64, bk=64, sk=2, w=4, s=4, u=1, c=1),
-    "4/64/4096/4096": dict(bm=64, bn=64, bk=64, sk=2, w=4, s=4, u=1, c=1),
+    "4/64/4096/12288": dict(bm=64, bn=64, bk=64, sk=2, w=4, s=4, u=2, c=3),
+    "4/64/4096/4096": {"mode": "dequant"},
     "4/64/4096/22016": dict(bm=64, bn=128, bk=128, sk=2, w=4, s=3, u=1, c=1),
-    "4/64/11008/4096": dict(bm=64, bn=64, bk=64, sk=2, w=4, s=4, u=1, c=1),
-    "4/64/8192/10240": dict(bm=64, bn=64, bk=64, sk=2, w=4, s=4, u=1, c=1),
-    "4/64/8192/8192": dict(bm=64, bn=128, bk=128, sk=2, w=4, s=3, u=1, c=1),
+    "4/64/11008/4096": dict(bm=64, bn=64, bk=64, sk=2, w=4, s=4, u=2, c=3),
+    "4/64/8192/10240": dict(bm=64, bn=64, bk=64, sk=2, w=4, s=4, u=2, c=3),
+    "4/64/8192/8192": dict(bm=64, bn=64, bk=64, sk=2, w=4, s=4, u=2, c=3),
     "4/64/8192/57344": dict(bm=64, bn=128, bk=128, sk=2, w=4, s=3, u=1, c=1),
-    "4/64/28672/8192": dict(bm=64, bn=128, bk=128, sk=2, w=4, s=3, u=1, c=1),
+    "4/64/28672/8192": dict(bm=64, bn=64, bk=64, sk=2, w=4, s=4, u=2, c=3),
     "4/256/4096/12288": {"mode": "dequant"},
     "4/256/4096/4096": {"mode": "dequant"},
     "4/256/4096/22016": {"mode": "dequant"},
