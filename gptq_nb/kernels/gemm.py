@@ -715,7 +715,8 @@ def _fused_plan(M, K, N, bits, group_size, zoff, has_gidx, has_bias, dtype, cfg)
     G = _group(K, group_size)
     per_block = not has_gidx and G % bk == 0
     unpack = int(cfg.get("u", 1)) if bits != 3 else 0
-    if unpack == 2 and bits not in (4, 8): unpack = 1   # the join-built unpack is written for 8 and 4 codes per word
+    if unpack == 2 and (bits not in (4, 8) or not per_block):   # written for 8 and 4 codes per word, one group per tile
+        unpack = 1   # (with per-element scale gathers its pipelined tiles overflow shared memory: H200, measured)
     cvt = int(cfg.get("c", 0)) if (dtype == torch.float16 and per_block) else 0
     if dtype == torch.bfloat16 and _interpret(): cvt = 2   # the interpreter can't dot bf16: fp32 operands
     kps = -(-(-(-K // max(1, cfg.get("sk", 1)))) // bk) * bk     # K rows per split, a multiple of bk
