@@ -832,7 +832,12 @@ def gptq_gemm(x, qweight, qzeros, scales, g_idx=None, bits:int=4, group_size:int
         W = dequantize(qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format, K=K, dtype=x.dtype)
         y = torch.addmm(bias.to(x.dtype), x2, W) if bias is not None else x2 @ W
         return y.reshape(*lead, N)
-    return _run_plan(plan[1], x2, qweight, qzeros, scales, g_idx, bias).reshape(*lead, N)
+    try:
+        return _run_plan(plan[1], x2, qweight, qzeros, scales, g_idx, bias).reshape(*lead, N)
+    except Exception as e:   # a config whose pipelined tiles need more shared memory than this card has
+        if type(e).__name__ != "OutOfResources" or plan[1][7] <= 1: raise
+        _PLANS[key] = ("kernel", plan[1][:7] + (1,))   # one stage: no pipelining buffers; remembered for this call shape
+        return _run_plan(_PLANS[key][1], x2, qweight, qzeros, scales, g_idx, bias).reshape(*lead, N)
 
 # %% ../../nbs/20_kernels.ipynb #c023
 class PreparedGPTQ:
