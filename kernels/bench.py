@@ -439,7 +439,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--check-fast", action="store_true")
-    ap.add_argument("--profile-one", action="store_true", help="run the m=1 decode kernel 20 times (for ncu)")
+    ap.add_argument("--profile-one", action="store_true", help="run the tuned kernels on 4096x22016 (for ncu)")
+    ap.add_argument("--profile-ms", default="1", help="batch rows --profile-one runs, e.g. 1,4,16")
     ap.add_argument("--tune", action="store_true")
     ap.add_argument("--s1", action="store_true")
     ap.add_argument("--check-gemv", action="store_true")
@@ -459,9 +460,11 @@ def main():
     def save():
         json.dump(records, open(os.path.join(a.out, "bench_records.json"), "w"), indent=1, default=str)
     try:
-        if a.profile_one:
-            L = layer(4096, 22016); x = torch.randn(1, 4096, device=dev, dtype=torch.float16)
-            for _ in range(20): G.gptq_gemm(x, **args_of(L, False))
+        if a.profile_one:   # the tuned kernel for each --profile-ms row count on 4096x22016, 3 calls each (for ncu)
+            L = layer(4096, 22016)
+            for m in (int(v) for v in a.profile_ms.split(",")):
+                x = torch.randn(m, 4096, device=dev, dtype=torch.float16)
+                for _ in range(3): G.gptq_gemm(x, **args_of(L, False))
             torch.cuda.synchronize(); return
         if a.check: records["check"] = check(); save()
         if a.check_fast: records["check"] = check(fast=True); save()
