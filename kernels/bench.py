@@ -295,10 +295,13 @@ def tune(records):
     return {card: table}
 
 
-def gemv_cands():
-    "Decode-kernel configs: the shapes that won earlier sweeps (2-8 columns, 4-8 words per thread), fp32 or half2 math."
+def gemv_cands(m=1):
+    """Decode-kernel configs: the shapes that won earlier sweeps (2-8 columns, 4-8 words per thread), fp32 or half2 math;
+    for 3-4 rows also 2 words per thread (96 registers instead of 144: more warps per SM)."""
     out = []
-    for bn, w, wpi in ((128, 1, 8), (512, 4, 8), (512, 4, 4), (64, 1, 8), (512, 2, 4), (256, 1, 8), (256, 2, 8), (128, 1, 4)):
+    tiles = ((128, 1, 8), (512, 4, 8), (512, 4, 4), (64, 1, 8), (512, 2, 4), (256, 1, 8), (256, 2, 8), (128, 1, 4))
+    if m > 2: tiles += ((128, 1, 2), (256, 2, 2), (512, 4, 2), (64, 1, 4))
+    for bn, w, wpi in tiles:
         for h2 in (0, 1):
             out.append(dict(mode="gemv", bn=bn, wpi=wpi, w=w, pf=1, h2=h2))
     return out
@@ -336,10 +339,10 @@ def check_gemv():
 def tune_gemv(records, table, ms=(1,)):
     log("== tune gemv (CUDA-graph timing)")
     t0 = time.time()
-    cands = gemv_cands()
-    precompile([(m, dict(c, sk=sk)) for m in ms for c in cands for sk in (1, 2)])
+    precompile([(m, dict(c, sk=sk)) for m in ms for c in gemv_cands(m) for sk in (1, 2)])
     alltimes = []
     for m in ms:
+        cands = gemv_cands(m)
         for setname in ("7B", "70B"):
             for i, (K, N) in enumerate(SETS[setname]):
                 Ls = copies(layer(K, N, seed=i), n_copies(qbytes(K, N)))
