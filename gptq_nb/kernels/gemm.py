@@ -715,8 +715,8 @@ def _fused_plan(M, K, N, bits, group_size, zoff, has_gidx, has_bias, dtype, cfg)
     G = _group(K, group_size)
     per_block = not has_gidx and G % bk == 0
     unpack = int(cfg.get("u", 1)) if bits != 3 else 0
-    if unpack == 2 and (bits not in (4, 8) or not per_block):   # written for 8 and 4 codes per word, one group per tile
-        unpack = 1   # (with per-element scale gathers its pipelined tiles overflow shared memory: H200, measured)
+    if unpack == 2 and (bits not in (4, 8) or not per_block):   # written for 8 and 4 codes per word; tuned and
+        unpack = 1                                                 # checked with one group per tile only
     cvt = int(cfg.get("c", 0)) if (dtype == torch.float16 and per_block) else 0
     if dtype == torch.bfloat16 and _interpret(): cvt = 2   # the interpreter can't dot bf16: fp32 operands
     kps = -(-(-(-K // max(1, cfg.get("sk", 1)))) // bk) * bk     # K rows per split, a multiple of bk
@@ -797,6 +797,9 @@ def _make_plan(x, M, K, qweight, qzeros, scales, g_idx, bits, group_size, checkp
     K, N, _ = _check_args(K, qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format)
     if not kernels_available(x.device) or M == 0: return ("ref",)
     cfg = config or pick_config(M, K, N, bits, group_size, x.device)
+    if config is None and cfg.get("mode") == "gemv" and M > 2 and not (bits == 4 and x.dtype == torch.float16):
+        # at 3-4 rows only the packed-half path (4-bit, fp16) beat the tensor-core kernel; the table can't see dtypes
+        cfg = default_config(M, K, N, bits, group_size, x.device, gemv=False)
     if cfg.get("mode") == "gemv" and not _gemv_ok(M, K, bits, g_idx is not None, group_size, x.dtype, cfg):
         cfg = default_config(M, K, N, bits, group_size, x.device, gemv=False)
     if cfg.get("mode") == "dequant": return ("dequant",)
