@@ -239,6 +239,11 @@ def safe_graph_time(fns):
 def qbytes(K, N): return K * N // 2 + (K // 128) * N * 2.5
 
 
+def unpack_cvt(m):
+    "(u, c) pairs the sweep tries: the winners of the H200's sweeps (u=1 c=0 at m <= 16, u=2 c=3 and u=1 c=1 at m=64)."
+    return ((1, 0), (1, 1), (2, 1)) if m <= 16 else ((1, 1), (1, 3), (2, 3))
+
+
 def tune(records):
     log("== tune (CUDA-graph timing, rotating weight copies)")
     t0 = time.time()
@@ -247,13 +252,13 @@ def tune(records):
     jobs = []
     for m in MS:
         for cand in (small_cands() if m <= 16 else big_cands(m)):
-            for c in (1, 3):
+            for u, c in unpack_cvt(m):
                 for sk in (1, 2):
-                    jobs.append(dict(cand, u=2, c=c, sk=sk))
+                    jobs.append(dict(cand, u=u, c=c, sk=sk))
     uniq = {json.dumps(j, sort_keys=True): j for j in jobs}
     precompile(list(uniq.values()))
     for m in MS:
-        cands = [dict(cd, c=c) for cd in (small_cands() if m <= 16 else big_cands(m)) for c in (1, 3)]
+        cands = [dict(cd, u=u, c=c) for cd in (small_cands() if m <= 16 else big_cands(m)) for u, c in unpack_cvt(m)]
         sks = (2, 4, 8, 16) if m <= 16 else (1, 2)
         scores = {}
         for setname in ("7B", "70B"):
@@ -275,7 +280,7 @@ def tune(records):
                     cbest = float("inf")
                     for sk in sks:
                         if sk > 1 and K // sk < cand["bk"]: continue
-                        cfg = dict(cand, sk=sk, u=2)
+                        cfg = dict(cand, sk=sk)
                         e = rel(G.gptq_gemm(x, config=cfg, **Ls[0]), ref)
                         if not e <= 2e-3:
                             log("   FAIL", m, K, N, cfg, e); records.setdefault("tune_failures", []).append((m, K, N, cfg, e)); continue
