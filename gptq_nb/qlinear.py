@@ -223,6 +223,11 @@ def set_backend(model, backend:str):
 # %% ../nbs/11_qlinear.ipynb #c030
 MERGE_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))   # sibling names, in the order they are called
 
+def _empty_like(m:QuantLinear, out_features:int) -> QuantLinear:
+    "A layer with `m`'s settings and `out_features` outputs, its buffers still unallocated (meta)."
+    return QuantLinear(m.in_features, out_features, m.bits, m.group_size, m.bias is not None, m.checkpoint_format, m.sym,
+                       m.backend, device="meta", dtype=m.scales.dtype)
+
 def merge_qlinears(layers) -> QuantLinear:
     "One `QuantLinear` whose output is `layers`' outputs side by side: their packed tensors joined along N."
     a = layers[0]
@@ -235,9 +240,7 @@ def merge_qlinears(layers) -> QuantLinear:
             raise ValueError("can't merge: the layers differ in dtype or device; move them first (model.to(...)).")
         if not torch.equal(m.g_idx, a.g_idx):
             raise ValueError("can't merge: the layers' g_idx differ (act-order quantizes each layer in its own order).")
-    N = sum(m.out_features for m in layers)
-    out = QuantLinear(a.in_features, N, a.bits, a.group_size, a.bias is not None, a.checkpoint_format, a.sym,
-                      a.backend, device="meta", dtype=a.scales.dtype)
+    out = _empty_like(a, sum(m.out_features for m in layers))
     for k in ("qweight", "qzeros", "scales") + (("bias",) if a.bias is not None else ()):
         setattr(out, k, torch.cat([getattr(m, k) for m in layers], dim=-1))   # qzeros: whole words per layer (N·b % 32 == 0)
     out.g_idx = a.g_idx.clone()
@@ -298,9 +301,8 @@ def unmerge_projections(model, groups=MERGE_GROUPS) -> int:
             if not isinstance(head, MergedProjection): continue
             m, at = head.merged, 0
             for nm, size in zip(names, head.sizes):
-                q = QuantLinear(m.in_features, size, m.bits, m.group_size, m.bias is not None, m.checkpoint_format, m.sym,
-                                m.backend, device="meta", dtype=m.scales.dtype)
-                zlo, zhi = (at * m.bits // 32, (at + size) * m.bits // 32)
+                q = _empty_like(m, size)
+                zlo, zhi = at * m.bits // 32, (at + size) * m.bits // 32
                 q.qweight, q.scales = m.qweight[:, at:at + size].clone(), m.scales[:, at:at + size].clone()
                 q.qzeros, q.g_idx = m.qzeros[:, zlo:zhi].clone(), m.g_idx.clone()
                 if m.bias is not None: q.bias = m.bias[at:at + size].clone()

@@ -239,6 +239,15 @@ def safe_graph_time(fns):
 def qbytes(K, N): return K * N // 2 + (K // 128) * N * 2.5
 
 
+def checked(records, x, cfg, A, ref):
+    "Does `cfg` compute x @ W within 2e-3 of the float64 reference? A tuning candidate is timed only if so."
+    e = rel(G.gptq_gemm(x, config=cfg, **A), ref)
+    if e <= 2e-3: return True
+    log("   FAIL", tuple(x.shape), A["qweight"].shape, cfg, e)
+    records.setdefault("tune_failures", []).append((tuple(x.shape), tuple(A["qweight"].shape), cfg, e))
+    return False
+
+
 def unpack_cvt(m):
     "(u, c) pairs the sweep tries: the winners of the H200's sweeps (u=1 c=0 at m <= 16, u=2 c=3 and u=1 c=1 at m=64)."
     return ((1, 0), (1, 1), (2, 1)) if m <= 16 else ((1, 1), (1, 3), (2, 3))
@@ -281,9 +290,7 @@ def tune(records):
                     for sk in sks:
                         if sk > 1 and K // sk < cand["bk"]: continue
                         cfg = dict(cand, sk=sk)
-                        e = rel(G.gptq_gemm(x, config=cfg, **Ls[0]), ref)
-                        if not e <= 2e-3:
-                            log("   FAIL", m, K, N, cfg, e); records.setdefault("tune_failures", []).append((m, K, N, cfg, e)); continue
+                        if not checked(records, x, cfg, Ls[0], ref): continue
                         t = safe_graph_time([lambda A=A, cfg=cfg: G.gptq_gemm(x, config=cfg, **A) for A in Ls])
                         alltimes.append(dict(m=m, K=K, N=N, cfg=cfg, ms=t))
                         cbest = min(cbest, t)
@@ -361,9 +368,7 @@ def tune_gemv(records, table, ms=(1,)):
                     for sk in (16, 32):
                         if K // sk < cand["wpi"] * 8: continue
                         cfg = dict(cand, sk=sk)
-                        e = rel(G.gptq_gemm(x, config=cfg, **Ls[0]), ref)
-                        if not e <= 2e-3:
-                            log("   FAIL", m, K, N, cfg, e); records.setdefault("tune_failures", []).append((m, K, N, cfg, e)); continue
+                        if not checked(records, x, cfg, Ls[0], ref): continue
                         t = safe_graph_time([lambda A=A, cfg=cfg: G.gptq_gemm(x, config=cfg, **A) for A in Ls])
                         alltimes.append(dict(m=m, K=K, N=N, cfg=cfg, ms=t))
                         if t < best[0]: best = (t, cfg)

@@ -166,22 +166,32 @@ def _field(base_ptr, f, mask, stride, BITS: tl.constexpr):
     return v
 
 @_jit
+def _word_rows(qw_ptr, k0, k_hi, offs_n, n_mask, N, PER: tl.constexpr, BLOCK_K: tl.constexpr):
+    "The packed words of rows k0 .. k0 + BLOCK_K (< k_hi), PER codes each: (word-row offsets, words [BLOCK_K/PER, BN])."
+    offs_w = k0 // PER + tl.arange(0, BLOCK_K // PER)
+    w = tl.load(qw_ptr + offs_w[:, None] * N + offs_n[None, :], mask=(offs_w[:, None] * PER < k_hi) & n_mask[None, :],
+                other=0)
+    return offs_w, w
+
+@_jit
+def _group_zs(qz_ptr, s_ptr, grp, offs_n, mask, N, stride_z, BITS: tl.constexpr, ZOFF: tl.constexpr):
+    "Zero (int32, offset applied) and scale (as stored) of group `grp` for columns offs_n."
+    z = _field(qz_ptr + grp * stride_z, offs_n, mask, 1, BITS) + ZOFF
+    return z, tl.load(s_ptr + grp * N + offs_n, mask=mask, other=0.0)
+
+@_jit
 def _unpack_rows(qw_ptr, offs_k, offs_n, k0, k_hi, n_mask, N, BITS: tl.constexpr, UNPACK: tl.constexpr,
                  BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     "Codes [BLOCK_K, BLOCK_N] (int32) of rows offs_k = k0 + arange(BLOCK_K) < k_hi and columns offs_n."
     if UNPACK == 1:
         PER: tl.constexpr = 32 // BITS
-        offs_w = k0 // PER + tl.arange(0, BLOCK_K // PER)
-        w = tl.load(qw_ptr + offs_w[:, None] * N + offs_n[None, :],
-                    mask=(offs_w[:, None] * PER < k_hi) & n_mask[None, :], other=0)
+        offs_w, w = _word_rows(qw_ptr, k0, k_hi, offs_n, n_mask, N, PER, BLOCK_K)
         sh = tl.arange(0, PER) * BITS
         q = (w[:, None, :] >> sh[None, :, None]) & ((1 << BITS) - 1)
         q = tl.reshape(q, (BLOCK_K, BLOCK_N))
     elif UNPACK == 2:   # b ∈ {4, 8}: the same codes, built with joins so each thread keeps its words' codes together
         PER: tl.constexpr = 32 // BITS
-        offs_w = k0 // PER + tl.arange(0, BLOCK_K // PER)
-        w = tl.load(qw_ptr + offs_w[:, None] * N + offs_n[None, :],
-                    mask=(offs_w[:, None] * PER < k_hi) & n_mask[None, :], other=0)
+        offs_w, w = _word_rows(qw_ptr, k0, k_hi, offs_n, n_mask, N, PER, BLOCK_K)
         MSK: tl.constexpr = (1 << BITS) - 1
         if PER == 8:   # index [.., a, b, c] of the nested joins holds code 4a + 2b + c
             e0 = tl.join(tl.join(w & MSK, (w >> 16) & MSK), tl.join((w >> 8) & MSK, (w >> 24) & MSK))
@@ -262,19 +272,17 @@ def _gptq_mm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, gi_ptr, b_ptr, out_ptr, ws_ptr
         if PER_BLOCK:
             grp = k0 // GROUP
             g_mask = n_mask & (k0 < K)   # the last split may step past K: never read a group that isn't there
-            z = _field(qz_ptr + grp * stride_z, offs_n, g_mask, 1, BITS) + ZOFF
-            s = tl.load(s_ptr + grp * N + offs_n, mask=g_mask, other=0.0)
-            if CVT == 3:   # fp16 W = s·(q − z), rounded once; the MMA accumulates in place (no per-tile rescale)
-                wq = ((q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True) - (z + 1024).to(tl.float16)[None, :]) * s.to(tl.float16)[None, :]
-                acc = tl.dot(x, wq, acc)
-            elif CVT == 1:   # fp16(0x6400 | q) == 1024 + q exactly, for q < 1024
+            z, s = _group_zs(qz_ptr, s_ptr, grp, offs_n, g_mask, N, stride_z, BITS, ZOFF)
+            if CVT == 1 or CVT == 3:   # fp16(0x6400 | q) == 1024 + q exactly, for q < 1024
                 wq = (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True) - (z + 1024).to(tl.float16)[None, :]
             elif CVT == 2:   # fp32 operands: Triton 3.6's CPU interpreter has no bf16 dot (tests only)
                 wq = (q - z[None, :]).to(tl.float32)
                 x = x.to(tl.float32)
             else:
                 wq = (q - z[None, :]).to(x.dtype)
-            if CVT != 3:
+            if CVT == 3:   # fp16 W = s·(q − z), rounded once; the MMA accumulates in place (no per-tile rescale)
+                acc = tl.dot(x, wq * s.to(tl.float16)[None, :], acc)
+            else:
                 acc += tl.dot(x, wq) * s.to(tl.float32)[None, :]
         else:
             wq = _dequant_rows(q, qz_ptr, s_ptr, gi_ptr, offs_k, offs_n, k_mask, n_mask, N, stride_z,
@@ -297,13 +305,11 @@ def _gptq_dequant_kernel(qw_ptr, qz_ptr, s_ptr, gi_ptr, out_ptr, N, K, stride_z,
     n_mask = offs_n < N
     if PER_BLOCK:   # one group per tile and whole words: code j of word row r is row k0 + PER·r + j, stored as it is cut
         PER: tl.constexpr = 32 // BITS
-        offs_w = k0 // PER + tl.arange(0, BLOCK_K // PER)
-        w_mask = (offs_w < K // PER)[:, None] & n_mask[None, :]
-        w = tl.load(qw_ptr + offs_w[:, None] * N + offs_n[None, :], mask=w_mask, other=0)
-        grp = k0 // GROUP
-        z = (_field(qz_ptr + grp * stride_z, offs_n, n_mask, 1, BITS) + ZOFF).to(tl.float32)
-        s = tl.load(s_ptr + grp * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        zs = z * s
+        offs_w, w = _word_rows(qw_ptr, k0, K, offs_n, n_mask, N, PER, BLOCK_K)
+        w_mask = (offs_w * PER < K)[:, None] & n_mask[None, :]
+        z, s = _group_zs(qz_ptr, s_ptr, k0 // GROUP, offs_n, n_mask, N, stride_z, BITS, ZOFF)
+        s = s.to(tl.float32)
+        zs = z.to(tl.float32) * s
         for j in tl.static_range(PER):
             q = ((w >> (BITS * j)) & ((1 << BITS) - 1)).to(tl.float32)
             tl.store(out_ptr + (offs_w * PER + j)[:, None] * N + offs_n[None, :],
@@ -490,9 +496,9 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
             w = tl.load(w_ptrs, mask=n_mask[None, :], other=0)
             w_ptrs += WPI * N
         grp = k0 // GROUP
-        zi = _field(qz_ptr + grp * stride_z, offs_n, n_mask, 1, BITS) + ZOFF
+        zi, s = _group_zs(qz_ptr, s_ptr, grp, offs_n, n_mask, N, stride_z, BITS, ZOFF)
         z = zi.to(tl.float32)
-        s = tl.load(s_ptr + grp * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        s = s.to(tl.float32)
         z2 = tl.zeros((WPI, BLOCK_N), dtype=tl.float32)
         z1 = tl.zeros((WPI,), dtype=tl.float32)
         ah0, al0, sh0, sl0 = z2, z2, z1, z1
@@ -579,12 +585,17 @@ def _group(K:int, group_size:int) -> int:
 
 def _pow2_floor(v:int) -> int: return 1 << (max(int(v), 1).bit_length() - 1)
 
-def default_config(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="cuda", gemv:bool|None=None) -> dict:
-    """Heuristic launch config for a shape the tuning table lacks. gemv: the CUDA-core decode kernel (None: for m ≤ 2,
-    and 4-bit m ≤ 4, where it won on the H200; kernels/RESULTS.md)."""
+def _decode_wins(m:int, bits:int, dtype) -> bool:
+    "Is the CUDA-core decode kernel the automatic choice: m ≤ 2, or m ≤ 4 on its packed-half path (4-bit fp16)?"
+    return m <= 2 or (m <= 4 and bits == 4 and dtype == torch.float16)   # H200 measurements, kernels/RESULTS.md
+
+def default_config(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="cuda", gemv:bool|None=None,
+                   dtype=torch.float16) -> dict:
+    """Heuristic launch config for a shape the tuning table lacks. gemv: the CUDA-core decode kernel (None: where
+    `_decode_wins`)."""
     if m > 128: return {"mode": "dequant"}
     g = _group(K, group_size)
-    if gemv is None: gemv = m <= 2 or (m <= 4 and bits == 4)   # 4-bit, 3-4 rows: the packed-half path won every shape
+    if gemv is None: gemv = _decode_wins(m, bits, dtype)
     if gemv and m <= 4 and bits in (2, 4, 8):
         per = 32 // bits
         wpi = 8 if m == 1 else 4   # each extra row adds accumulators: fewer words per thread keep it out of spills
@@ -668,18 +679,21 @@ def load_tuning(path_or_dict) -> None:
     for card, table in d.items(): TUNED.setdefault(card, {}).update(table)
     _PLANS.clear()   # launch plans were computed from the old table
 
-def pick_config(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="cuda") -> dict:
-    "The tuned config for the smallest tuned m-bucket >= m on this card and shape, else `default_config`."
+def pick_config(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="cuda", dtype=torch.float16) -> dict:
+    """The tuned config for the smallest tuned m-bucket >= m on this card and shape, else `default_config`. The table
+    is timed in fp16: a decode entry for 3-4 rows stands only where `_decode_wins` (the packed-half path)."""
     table = TUNED.get(_card(device), {})
     if m <= 2:   # decode: the m=1 entry (the CUDA-core kernel takes 2 rows too), else the heuristic's decode config
-        return table.get(f"{bits}/1/{K}/{N}") or default_config(m, K, N, bits, group_size, device)
+        return table.get(f"{bits}/1/{K}/{N}") or default_config(m, K, N, bits, group_size, device, dtype=dtype)
     for mb in _M_BUCKETS:
         if mb >= m:
             c = table.get(f"{bits}/{mb}/{K}/{N}")
+            if c is not None and c.get("mode") == "gemv" and not _decode_wins(m, bits, dtype):
+                return default_config(m, K, N, bits, group_size, device, gemv=False, dtype=dtype)
             if c is not None: return c
     if m > _M_BUCKETS[-1] and table.get(f"{bits}/{_M_BUCKETS[-1]}/{K}/{N}", {}).get("mode") == "dequant":
         return {"mode": "dequant"}
-    return default_config(m, K, N, bits, group_size, device)
+    return default_config(m, K, N, bits, group_size, device, dtype=dtype)
 
 # %% ../../nbs/20_kernels.ipynb #c021
 _FAST: dict = {}
@@ -796,10 +810,7 @@ def _make_plan(x, M, K, qweight, qzeros, scales, g_idx, bits, group_size, checkp
     "Validate a call and decide how to run it: ('ref',), ('dequant',) or ('kernel', launch plan)."
     K, N, _ = _check_args(K, qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format)
     if not kernels_available(x.device) or M == 0: return ("ref",)
-    cfg = config or pick_config(M, K, N, bits, group_size, x.device)
-    if config is None and cfg.get("mode") == "gemv" and M > 2 and not (bits == 4 and x.dtype == torch.float16):
-        # at 3-4 rows only the packed-half path (4-bit, fp16) beat the tensor-core kernel; the table can't see dtypes
-        cfg = default_config(M, K, N, bits, group_size, x.device, gemv=False)
+    cfg = config or pick_config(M, K, N, bits, group_size, x.device, x.dtype)
     if cfg.get("mode") == "gemv" and not _gemv_ok(M, K, bits, g_idx is not None, group_size, x.dtype, cfg):
         cfg = default_config(M, K, N, bits, group_size, x.device, gemv=False)
     if cfg.get("mode") == "dequant": return ("dequant",)
