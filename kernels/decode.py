@@ -1,6 +1,6 @@
 """Protocol S3 (PROTOCOL.md), end-to-end decode: float vs GPTQ 4-bit g128 on a Llama-2-7B-shaped model, one GPU.
 
-GPU, from the repo root:  PYTHONPATH=. python3 kernels/decode.py --out $OUT [--compile] [--tuned FILE]
+GPU, from the repo root:  PYTHONPATH=. python3 kernels/decode.py --out $OUT [--compile]
 CPU smoke test:           PYTHONPATH=. python3 kernels/decode.py --device cpu --tiny [--compile]
 
 Model: `LlamaForCausalLM` from the Llama-2-7B config (hidden 4096, intermediate 11008, 32 layers, 32 heads, vocab
@@ -224,7 +224,6 @@ def main():
     ap.add_argument("--no-graph", action="store_true", help="eager decode loop even on CUDA")
     ap.add_argument("--compile", action="store_true", help="also time the torch.compile'd step")
     ap.add_argument("--compile-mode", default="max-autotune-no-cudagraphs")
-    ap.add_argument("--tuned", help="kernel tuning table JSON for gemm.load_tuning")
     ap.add_argument("--no-merge", action="store_true", help="skip the third model (q/k/v and gate/up merged)")
     args = ap.parse_args()
     args.prompt_len = args.prompt_len or (16 if args.tiny else 128)
@@ -232,7 +231,6 @@ def main():
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available(): sys.exit("no CUDA device: use --device cpu --tiny")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    if args.tuned: gemm.load_tuning(args.tuned)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "s3_decode.json")
     result = dict(meta=meta(args, device), prompt_len=args.prompt_len, new_tokens=args.new_tokens, runs=args.runs,

@@ -75,14 +75,14 @@ def check_dot():
                 dt = torch.bfloat16 if i % 4 == 0 else torch.float16
                 x = torch.randn(1 + i % 5, K, device=dev).to(dt)
                 b = torch.randn(N, device=dev).to(dt) if i % 3 == 0 else None
-                cfg = (dict(bm=16, bn=32, bk=32, sk=3, u=1, c=1), dict(bm=16, bn=16, bk=64, sk=1, u=0, c=0),
-                       dict(bm=32, bn=32, bk=16, sk=2, u=1, c=0))[i % 3]
+                cfg = (G.MMAConfig(block_n=32, block_k=32, split_k=3), G.MMAConfig(block_n=16, block_k=64, exp_convert=False),
+                       G.MMAConfig(block_m=32, block_n=32, block_k=16, split_k=2, exp_convert=False))[i % 3]
                 e = _rel(G.gptq_gemm(x, bias=b, config=cfg, **_args(L)), G.ref_gemm(x, bias=b, **_args(L)))
                 assert e < (2e-3 if dt == torch.float16 else 8e-3), (bits, K, N, gs, fmt, cfg, e)
     # dequantize-then-matmul path
     L = G.random_gptq(160, 37, bits=4, group_size=64, device=dev, seed=99)
     x = torch.randn(5, 160, device=dev).half()
-    assert _rel(G.gptq_gemm(x, config={"mode": "dequant"}, **_args(L)), G.ref_gemm(x, **_args(L))) < 2e-3
+    assert _rel(G.gptq_gemm(x, config=G.DequantConfig(), **_args(L)), G.ref_gemm(x, **_args(L))) < 2e-3
 
 
 def check_act_order():
@@ -92,10 +92,10 @@ def check_act_order():
         L = G.random_gptq(192, 40, bits=bits, group_size=64, act_order=True, device=dev, seed=bits)
         x = torch.randn(3, 192, device=dev).half()
         ref = G.ref_gemm(x, **_args(L, True))
-        assert _rel(G.gptq_gemm(x, config=dict(bm=16, bn=32, bk=64, sk=2), **_args(L, True)), ref) < 2e-3
+        assert _rel(G.gptq_gemm(x, config=G.MMAConfig(block_n=32, block_k=64, split_k=2), **_args(L, True)), ref) < 2e-3
         P = G.prepare(**_args(L, True))
         assert P.g_idx is None and P.perm is not None
-        assert _rel(P(x, dict(bm=16, bn=32, bk=64, sk=2, u=1, c=1)), ref) < 2e-3
+        assert _rel(P(x, G.MMAConfig(block_n=32, block_k=64, split_k=2)), ref) < 2e-3
     # a g_idx whose groups are not g rows each: prepare keeps it
     L = G.random_gptq(128, 24, bits=4, group_size=32, device=dev, seed=5)
     gi = torch.sort(torch.randint(0, 4, (128,), generator=torch.Generator().manual_seed(0))).values.to(torch.int32)
@@ -104,7 +104,7 @@ def check_act_order():
     P = G.prepare(**A)
     assert P.g_idx is not None and P.perm is None
     x = torch.randn(2, 128, device=dev).half()
-    assert _rel(P(x, dict(bm=16, bn=16, bk=32, sk=1)), G.ref_gemm(x, **A)) < 2e-3
+    assert _rel(P(x, G.MMAConfig(block_n=16, block_k=32)), G.ref_gemm(x, **A)) < 2e-3
 
 
 def check_gemv():
@@ -117,7 +117,7 @@ def check_gemv():
                               device=dev, seed=seed)
             x = torch.randn(m, 192, device=dev).to(dt)
             b = torch.randn(40, device=dev).to(dt)
-            cfg = dict(mode="gemv", bn=16, wpi=64 * bits // 32 // 2, sk=sk, w=1, pf=m % 2)
+            cfg = G.DecodeConfig(block_n=16, words_per_thread=64 * bits // 32 // 2, split_k=sk, warps=1, prefetch=bool(m % 2))
             tol = 2e-3 if dt == torch.float16 else 6e-3
             assert _rel(G.gptq_gemm(x, bias=b, config=cfg, **_args(L)), G.ref_gemm(x, bias=b, **_args(L))) < tol
     # scales followed by NaN rows: the last split steps past K and must not read a group that isn't there
@@ -127,7 +127,7 @@ def check_gemv():
     A = dict(_args(L), scales=padded[:Gn])
     x = torch.randn(1, 160, device=dev).half()
     ref = G.ref_gemm(x, **A)
-    for cfg in (dict(mode="gemv", bn=16, wpi=4, sk=3), dict(bm=16, bn=16, bk=32, sk=3, u=1, c=1)):
+    for cfg in (G.DecodeConfig(block_n=16, words_per_thread=4, split_k=3, warps=2), G.MMAConfig(block_n=16, block_k=32, split_k=3)):
         assert _rel(G.gptq_gemm(x, config=cfg, **A), ref) < 2e-3, cfg
 
 
