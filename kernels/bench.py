@@ -7,7 +7,7 @@ Stages:
             gptq_v2 zeros, sym/asym, act-order (per-element g_idx path and prepare()'s reordering), odd N, K not a
             multiple of the group, group -1/32/128, fp16 and bf16, m from 1 to 300, split-K, bias, CUDA-graph replay;
             the decode kernel's 1-4 rows; QuantLinear's cached eager calls (direct launcher) and their capture.
-            --check-fast: 4- and 3-bit only.
+            --check-fast: 4- and 3-bit only, and no separate decode-kernel sweep.
   --sweep   on every distinct layer shape of FAMILIES, m = 1, 4, 16, 64: the rule's config against a grid of
             candidates (each checked against float64 before it is timed), CUDA-graph timing; the gap rule / best.
   --s1      protocol S1 (PROTOCOL.md) on every family of FAMILIES: fp16 (best of torch.matmul and F.linear),
@@ -29,15 +29,15 @@ from gptq_nb.qlinear import QuantLinear
 # protocol S1's merged sets. Public configs: hidden / intermediate / heads / kv-heads / head dim.
 FAMILIES = {
     "Llama-2-7B (S1, merged qkv, gate_up)": [(4096, 12288), (4096, 4096), (4096, 22016), (11008, 4096)],
-    "Llama-2-70B (S1, merged qkv, gate_up)": [(8192, 10240), (8192, 8192), (8192, 57344), (28672, 8192)],
-    "Llama-3.2-1B (GQA 32/8)": [(2048, 2048), (2048, 512), (2048, 512), (2048, 2048), (2048, 8192), (2048, 8192), (8192, 2048)],
-    "Llama-2-7B (MHA, unmerged)": [(4096, 4096)] * 4 + [(4096, 11008)] * 2 + [(11008, 4096)],
     "Llama-3-8B / Mistral-7B (GQA 32/8)": [(4096, 4096), (4096, 1024), (4096, 1024), (4096, 4096), (4096, 14336), (4096, 14336), (14336, 4096)],
     "Qwen2.5-7B (GQA 28/4, hidden 3584)": [(3584, 3584), (3584, 512), (3584, 512), (3584, 3584), (3584, 18944), (3584, 18944), (18944, 3584)],
+    "Llama-2-70B (S1, merged qkv, gate_up)": [(8192, 10240), (8192, 8192), (8192, 57344), (28672, 8192)],
+    "Llama-3.2-1B (GQA 32/8)": [(2048, 2048), (2048, 512), (2048, 512), (2048, 2048), (2048, 8192), (2048, 8192), (8192, 2048)],
     "Phi-3-mini (fused qkv, gate_up; hidden 3072)": [(3072, 9216), (3072, 3072), (3072, 16384), (8192, 3072)],
     "Gemma-2-9B (GQA 16/8, head 256)": [(3584, 4096), (3584, 2048), (3584, 2048), (4096, 3584), (3584, 14336), (3584, 14336), (14336, 3584)],
     "Qwen2.5-14B (GQA 40/8, hidden 5120)": [(5120, 5120), (5120, 1024), (5120, 1024), (5120, 5120), (5120, 13824), (5120, 13824), (13824, 5120)],
     "Llama-3-70B (GQA 64/8)": [(8192, 8192), (8192, 1024), (8192, 1024), (8192, 8192), (8192, 28672), (8192, 28672), (28672, 8192)],
+    "Llama-2-7B (MHA, unmerged)": [(4096, 4096)] * 4 + [(4096, 11008)] * 2 + [(11008, 4096)],
 }
 MS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 dev = "cuda"
@@ -505,7 +505,7 @@ def main():
     try:
         if a.check or a.check_fast:
             records["check"] = check(fast=a.check_fast); save()
-            records["check_decode"] = check_gemv(); save()
+            if a.check: records["check_decode"] = check_gemv(); save()
             records["check_calls"] = check_calls(); save()
         if a.sweep:
             sweep(records, tuple(int(v) for v in a.sweep_ms.split(",")), a.sweep_budget); save()
