@@ -411,7 +411,7 @@ def s1(records, families=None, ms=MS, peers=("tinygemm", "gemlite"), eager=True,
             L = layer(K, N, seed=K * 7 + N)
             nq = n_copies(qbytes(L))
             Ls = copies(L, nq)
-            qls = [qlinear_of(dict(L, **A), K, N) for A in Ls]
+            qls = [qlinear_of(dict(L, **{k: A[k] for k in ("qweight", "qzeros", "scales")}), K, N) for A in Ls]
             W = torch.randn(K, N, device=dev, dtype=torch.float16) * 0.02
             nf = n_copies(K * N * 2)
             Ws = [W] + [W.clone() for _ in range(nf - 1)]

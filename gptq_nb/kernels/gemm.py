@@ -32,14 +32,16 @@ def _pow2_floor(v:int) -> int: return 1 << (max(int(v), 1).bit_length() - 1)
 def _decode_rule(m:int, K:int, N:int, bits:int, group_size:int) -> DecodeConfig|None:
     "The decode kernel's launch by rule (see above), or None when no step of 8·2^i rows divides K and the group."
     per, g = 32 // bits, _group(K, group_size)
-    wpi = 8 if (m <= 2 or N <= 8192) else 2
+    wide = m <= 2 and ((N >= 13824 and K >= 4096) or (N >= 10240 and K >= 8192))   # long rows: few, wide programs
+    wpi = 4 if (wide and K <= 5120) else (2 if (m > 2 and N > 8192) else 8)
     while wpi > 1 and (g % (wpi * per) or K % (wpi * per)): wpi //= 2
     if g % (wpi * per) or K % (wpi * per): return None
-    if m <= 2 and N >= 16 * 512: bn, warps = 512, 4
-    else:
-        bn, warps = 128, 1
-        while bn > 32 and N < 64 * bn: bn //= 2
-    sk = max(1, min(32 if m <= 2 else 16, _pow2_floor(K // (2 * wpi * per))))
+    if wide: bn, warps, target = 512, 4, 2048
+    elif m <= 2: bn, warps, target = (32 if N < 2048 else 128 if (N >= 8192 and K >= 8192) else 64), 1, 4096
+    else:   # 3-4 rows: instruction-bound; 16 splits on layers of 8192 columns and more
+        bn, warps = (32 if N < 2048 else 64 if N < 8192 else 128), 1
+        target = 1024 if N < 8192 else 16 * -(-N // bn)
+    sk = max(1, min(32, _pow2_floor(target // -(-N // bn)), _pow2_floor(K // (wpi * per))))
     return DecodeConfig(block_n=bn, words_per_thread=wpi, split_k=sk, warps=warps)
 
 def _mma_rule(m:int, K:int, N:int, group_size:int, sms:int) -> MMAConfig:
