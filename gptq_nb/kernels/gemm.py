@@ -52,9 +52,8 @@ def _mma_rule(m:int, K:int, N:int, group_size:int, sms:int) -> MMAConfig:
         bn = 128 if N >= 8192 else 64
         sk = max(1, min(8, _pow2_floor(8 * sms // -(-N // bn)), _pow2_floor(max(1, K // (2 * bk)))))
         return MMAConfig(block_m=16, block_n=bn, block_k=bk, split_k=sk, stages=3, exp_convert=False)
-    bm = 32 if m <= 32 else 64
-    if N >= 20480: return MMAConfig(block_m=bm, block_n=128, block_k=bk, split_k=2, stages=3)
-    return MMAConfig(block_m=bm, block_n=64, block_k=min(bk, 64), split_k=2, stages=4, join_unpack=True, scale_weights=True)
+    if N >= 20480: return MMAConfig(block_m=64, block_n=128, block_k=bk, split_k=2, stages=3)
+    return MMAConfig(block_m=64, block_n=64, block_k=min(bk, 64), split_k=2, stages=4, join_unpack=True, scale_weights=True)
 
 def kernel_candidates(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="cuda", dtype=torch.float16,
                       has_gidx:bool=False) -> list:
@@ -69,7 +68,7 @@ def kernel_candidates(m:int, K:int, N:int, bits:int=4, group_size:int=128, devic
         cfg = _decode_rule(m, K, N, bits, group_size)
         why = None if cfg is not None else f"no step of 8·2^i rows divides K={K} and group_size={group_size}"
     out.append(("decode", None if why else cfg, why))
-    if m > 128: out.append(("mma", None, f"m={m} > 128: compute-bound, cuBLAS on dequantized weights is faster"))
+    if m > 64: out.append(("mma", None, f"m={m} > 64: cuBLAS on dequantized weights is faster (H200, m = 128 and 256)"))
     else: out.append(("mma", _mma_rule(m, K, N, group_size, _sms(device)), None))
     out.append(("dequant", DequantConfig(), None))
     return out
