@@ -58,7 +58,7 @@ class MoEExperts(nn.Module):
         self.experts_spec = ExpertsSpec(**{**s.__dict__, "kind": "unfused"})
         self.num_experts = s.num_experts
         self.names = tuple(names or expert_names(getattr(getattr(fused, "config", None), "model_type", None)))
-        self.token_mask, self.all_tokens, self.tokens, self.kept = None, False, None, None   # calibration state
+        self.token_mask, self.all_tokens, self.tokens, self.kept, self._batch = None, False, None, None, 0   # calibration
         get = lambda n: getattr(fused, n, None)
         for e in range(s.num_experts):
             ex = nn.Module()
@@ -96,7 +96,7 @@ class MoEExperts(nn.Module):
         x, E = hidden_states, self.num_experts
         out = torch.zeros_like(x)
         keep = self.token_mask                    # calibration: padding tokens go to no expert
-        if self.kept is not None: self.kept.append(x if keep is None else x[keep])
+        if self.kept is not None: self.kept[self._batch] = x if keep is None else x[keep]
         rows = None
         if self.all_tokens:                       # calibration: every real token through every expert
             rows = torch.arange(x.shape[0], device=x.device) if keep is None else keep.nonzero()[:, 0]
