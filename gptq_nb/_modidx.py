@@ -373,6 +373,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'gptq_nb.quantize._solve_linear': ('quantize.html#_solve_linear', 'gptq_nb/quantize.py'),
                                   'gptq_nb.quantize._solve_stage': ('quantize.html#_solve_stage', 'gptq_nb/quantize.py'),
                                   'gptq_nb.quantize.calibration_batches': ('quantize.html#calibration_batches', 'gptq_nb/quantize.py'),
+                                  'gptq_nb.quantize.expert_table': ('quantize.html#expert_table', 'gptq_nb/quantize.py'),
                                   'gptq_nb.quantize.layer_record': ('quantize.html#layer_record', 'gptq_nb/quantize.py'),
                                   'gptq_nb.quantize.plan_layers': ('quantize.html#plan_layers', 'gptq_nb/quantize.py'),
                                   'gptq_nb.quantize.quantize': ('quantize.html#quantize', 'gptq_nb/quantize.py'),

@@ -90,8 +90,8 @@ class GptqNbHfQuantizer(HfQuantizer):
                              self.backend, device="meta")
             _set_module(model, name, ql)
             parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-            if parent is not model and not list(parent.parameters(recurse=False)):
-                parent._is_hf_initialized = True   # its init (e.g. GPT-2's scaled c_proj.weight) would touch a weight QuantLinear hasn't
+            if parent is not model:   # its init (e.g. GPT-2's scaled c_proj.weight, Mamba's out_proj) would touch a weight QuantLinear
+                parent._is_hf_initialized = True   # hasn't; its own parameters come from the checkpoint
         if qd.get("lm_head") and getattr(model.config, "tie_word_embeddings", False):
             model.config.tie_word_embeddings = False
         model.gptq_config = qc

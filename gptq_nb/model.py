@@ -124,7 +124,7 @@ def experts_spec(m:nn.Module):
     "The `ExpertsSpec` of `m` if it is an experts container, else `None`."
     if getattr(m, "experts_spec", None) is not None: return m.experts_spec   # already unfused (notebook 17)
     p3 = {n: p for n, p in m.named_parameters(recurse=False) if p.ndim == 3}
-    if p3:
+    if p3 and not isinstance(m, nn.modules.conv._ConvNd) and (len(p3) > 1 or set(p3) & set(EXPERT_PARAMS)):
         E = next(iter(p3.values())).shape[0]
         gate = bool(getattr(m, "has_gate", "gate_up_proj" in p3))
         s = ExpertsSpec("fused", E, gate, bool(getattr(m, "is_transposed", False)),

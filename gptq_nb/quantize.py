@@ -19,7 +19,7 @@ from .experts import MoEExperts, unfuse_experts, planned_expert_linears
 
 # %% auto #0
 __all__ = ['MIN_CALIBRATION_TOKENS', 'QuantReport', 'layer_record', 'calibration_batches', 'quantize_block', 'plan_layers',
-           'with_skips', 'quantize']
+           'with_skips', 'expert_table', 'quantize']
 
 # %% ../nbs/05_quantize.ipynb #c005
 class QuantReport:
@@ -196,7 +196,7 @@ def quantize_block(ctx, bi:int, batches:list, stages:list, groups:list|None=None
 # %% ../nbs/05_quantize.ipynb #c014b
 def plan_layers(prefix:str, blocks, config:QuantizeConfig):
     "`(skip, coverage)`: `{name: reason}` of selected layers to keep in full precision, and the fraction of block weights quantized."
-    skip, covered, total = {}, 0, 0
+    skip, covered, total = {}, 0, 0   # total: the blocks' parameters, less the layers `config.dynamic` leaves out on purpose
     for bi, block in enumerate(blocks):
         total += sum(p.numel() for p in block.parameters())
         experts = find_experts(block)
@@ -206,7 +206,7 @@ def plan_layers(prefix:str, blocks, config:QuantizeConfig):
         shapes = {n: linear_shape(m) for n, m in find_linears(block).items()} | planned_expert_linears(block)
         for n, (K, N) in shapes.items():
             full = f"{prefix}.{bi}.{n}"; lcfg = config.for_module(full)
-            if lcfg is None: continue
+            if lcfg is None: total -= K * N; continue
             why = ("a router: kept in full precision, as vLLM and GPTQModel expect" if n in routers else
                    unpackable(K, N, lcfg.bits))
             if why: skip[full] = why
@@ -321,6 +321,18 @@ def _finish_block(ctx, bi:int, stages:list, skip:dict):
             skip[f"{pre}.{n}"] = "received no calibration input (its weight is used outside a module call): kept in full precision"
             warnings.warn(f"{pre}.{n} {skip[f'{pre}.{n}']}.")
     for ex in _experts_of_block(ctx): ex.tokens, ex.kept = None, None
+
+# %% ../nbs/05_quantize.ipynb #c014f
+def expert_table(report:QuantReport):
+    "One row per (block, expert): routed tokens, Hessian tokens, mean loss ratio and fallback of its linears."
+    import pandas as pd
+    t = report.table
+    if "expert" not in t or t.expert.isna().all():
+        return pd.DataFrame(columns=["block", "expert", "routed_tokens", "nsamples", "loss_ratio", "fallback", "layers"])
+    t = t[t.expert.notna()].assign(expert=lambda d: d.expert.astype(int), container=lambda d: d.module.str.extract(r"^(.*)\.\d+\.[^.]+$")[0])
+    return (t.groupby(["block", "container", "expert"], as_index=False)
+             .agg(routed_tokens=("routed_tokens", "first"), nsamples=("nsamples", "first"), loss_ratio=("loss_ratio", "mean"),
+                  fallback=("fallback", "first"), layers=("name", "count")))
 
 # %% ../nbs/05_quantize.ipynb #c016
 def _default_device(): return torch.device("cuda" if torch.cuda.is_available() else "cpu")
