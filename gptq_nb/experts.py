@@ -73,8 +73,9 @@ class MoEExperts(nn.Module):
             self.add_module(str(e), ex)
         for n in [n for n, _ in fused.named_parameters(recurse=False)]: delattr(fused, n)
         object.__setattr__(self, "_fused", fused)   # the emptied original: its activation and gating, not a submodule
-        from transformers.integrations.moe import _default_apply_gate
-        self._plain_gate = s.concatenated and getattr(type(fused), "_apply_gate", _default_apply_gate) is _default_apply_gate
+        try: from transformers.integrations.moe import _default_apply_gate
+        except ImportError: _default_apply_gate = None
+        self._plain_gate = s.concatenated and getattr(type(fused), "_apply_gate", None) in (None, _default_apply_gate)
 
     def __getitem__(self, e:int): return self._modules[str(e)]
     def __len__(self): return self.num_experts
@@ -152,7 +153,8 @@ def has_unfused_experts(model:nn.Module):
 def to_checkpoint_keys(model:nn.Module, sd:dict):
     "`sd` renamed as transformers saves this model (e.g. Mixtral's `mlp.` -> `block_sparse_moe.`), if it holds unfused experts."
     if not has_unfused_experts(model): return sd
-    from transformers.core_model_loading import revert_weight_conversion
+    try: from transformers.core_model_loading import revert_weight_conversion
+    except ImportError: return sd   # a transformers without conversion mappings saves module names as they are
     return dict(revert_weight_conversion(model, dict(sd)))
 
 def from_checkpoint_keys(model:nn.Module, keys):

@@ -239,14 +239,19 @@ def with_skips(config:QuantizeConfig, skip:dict):
 def _prepare_block(ctx, bi:int, cap):
     "Unfuse block `bi`'s experts if any will be quantized, probe it; fills `ctx` and returns `(stages, groups)`."
     block, cfg, pre = ctx["block"], ctx["config"], f"{ctx['prefix']}.{bi}"
-    todo = {n.split(".experts.")[0] + ".experts" if ".experts." in n else n for n in planned_expert_linears(block)
-            if cfg.for_module(f"{pre}.{n}") is not None}
-    fused = {c for c, s in find_experts(block).items() if s.kind == "fused"}
-    unfuse_experts(block, only=fused & todo)
+    todo = {n.rsplit(".", 2)[0] for n in planned_expert_linears(block) if cfg.for_module(f"{pre}.{n}") is not None}
+    unfuse_experts(block, only=todo)   # names are `{container}.{expert}.{linear}`
     ctx["linears"] = linears = find_linears(block)
     ctx["experts"] = experts = find_experts(block)
     stages, rows, n_tok = _probe_stages(block, cap, bi)
     ctx["routed"] = {n for n in linears if expert_of(n, experts) is not None or rows.get(n, n_tok) != n_tok}
+    legacy = [n for n in ctx["routed"] if not isinstance(block.get_submodule(n.rpartition(".")[0].rpartition(".")[0] or n), MoEExperts)]
+    if legacy and ctx["moe"]["all_tokens"] and bi == 0:
+        warnings.warn(f"experts_all_tokens applies to fused experts only; {legacy[0]} and the other per-expert linears of "
+                      "this model are calibrated on their routed tokens.")
+    if legacy and bi == 0 and not bool(cap["mask"].bool().all()):
+        warnings.warn(f"{legacy[0]} and the other routed per-expert linears receive a subset of the tokens, so the padding "
+                      "mask can't be applied to them: padded positions enter their Hessians. Use equal-length windows.")
     seen = {n for s in stages for n in s}
     level = {}                                     # (container, name inside the expert) -> stage level
     for s in stages:
@@ -320,7 +325,7 @@ def _finish_block(ctx, bi:int, stages:list, skip:dict):
         if not done(n) and ctx["config"].for_module(f"{pre}.{n}") is not None:
             skip[f"{pre}.{n}"] = "received no calibration input (its weight is used outside a module call): kept in full precision"
             warnings.warn(f"{pre}.{n} {skip[f'{pre}.{n}']}.")
-    for ex in _experts_of_block(ctx): ex.tokens, ex.kept = None, None
+    for ex in _experts_of_block(ctx): ex.tokens, ex.kept, ex.token_mask, ex.all_tokens = None, None, None, False   # inference again
 
 # %% ../nbs/05_quantize.ipynb #c014f
 def expert_table(report:QuantReport):
