@@ -252,26 +252,34 @@ def _prepare_block(ctx, bi:int, cap):
     if legacy and bi == 0 and not bool(cap["mask"].bool().all()):
         warnings.warn(f"{legacy[0]} and the other routed per-expert linears receive a subset of the tokens, so the padding "
                       "mask can't be applied to them: padded positions enter their Hessians. Use equal-length windows.")
-    seen = {n for s in stages for n in s}
-    level = {}                                     # (container, name inside the expert) -> stage level
-    for s in stages:
-        if (eo := expert_of(s[0], experts)) is None: continue
-        k = sum(1 for x in stages[:stages.index(s)] if expert_of(x[0], experts) == eo)
-        for n in s: level.setdefault((eo[0], n.split(".", len(eo[0].split(".")) + 1)[-1]), k)
-    extra = {}
+    return _arrange(stages, linears, experts, cfg.true_sequential)
+
+def _role(name:str, experts:dict):
+    "`(container, linear name inside the expert)` of an expert's linear, else `None`."
+    eo = expert_of(name, experts)
+    return None if eo is None else (eo[0], (name[len(eo[0]) + 1:].split(".", 1) + [""])[1])
+
+def _arrange(stages:list, linears:dict, experts:dict, true_sequential:bool=True):
+    "`(stages, groups)`: the probed stages plus stages for expert linears the probe didn't reach, and the stages grouped by level."
+    level = {}                                   # (container, role) -> how many of its expert's stages come before it
+    for si, s in enumerate(stages):
+        if (r := _role(s[0], experts)) is None: continue
+        e = expert_of(s[0], experts)
+        k = sum(expert_of(x[0], experts) == e for x in stages[:si])
+        for n in s: level.setdefault(_role(n, experts), k)
+    seen, extra = {n for s in stages for n in s}, {}
     for n in linears:
-        if n in seen or (eo := expert_of(n, experts)) is None: continue
-        rel = n.split(".", len(eo[0].split(".")) + 1)[-1]
-        lv = level.setdefault((eo[0], rel), 1 + max([v for (c, _), v in level.items() if c == eo[0]] + [-1]))
-        extra.setdefault((eo, lv), []).append(n)
-    stages = stages + [v for _, v in sorted(extra.items(), key=lambda kv: (kv[0][1], kv[0][0][1]))]
+        if n in seen or (r := _role(n, experts)) is None: continue
+        lv = level.setdefault(r, 1 + max([v for (c, _), v in level.items() if c == r[0]], default=-1))
+        extra.setdefault((lv, expert_of(n, experts)), []).append(n)   # an expert's linears of one level share its input
+    stages = stages + [v for _, v in sorted(extra.items())]
+    if not true_sequential: return stages, [list(range(len(stages)))]
     groups, where = [], {}
     for si, s in enumerate(stages):
-        eo = expert_of(s[0], experts)
-        key = ("stage", si) if eo is None else (eo[0], level.get((eo[0], s[0].split(".", len(eo[0].split(".")) + 1)[-1]), 0))
+        r = _role(s[0], experts)
+        key = ("stage", si) if r is None else (r[0], level[r])
         if key not in where: where[key] = len(groups); groups.append([])
         groups[where[key]].append(si)
-    if not cfg.true_sequential: groups = [list(range(len(stages)))]
     return stages, groups
 
 def _experts_of_block(ctx): return [m for m in ctx["block"].modules() if isinstance(m, MoEExperts)]
