@@ -16,4 +16,5 @@ def test_moe_block_benchmark_cpu_smoke(tmp_path):
     for x in d["results"]:
         assert x["unfused_max_abs_diff"] == 0.0 and x["gptq_vs_dequantized_max_abs_diff"] < 1e-4, x
         assert x["coverage"] > 0.95 and x["median_expert_loss_ratio"] < 0.8 and x["expert_layers"] == 12, x
+        assert x["merged_vs_unmerged_max_abs_diff"] < 1e-4 and x["merged_groups"] == (1 if x["shape"] == "mixtral" else 5), x
         assert x["quantize_s_per_block"] > 0 and x["fp16_fused_ms"] > 0 and x["gptq_ms"] > 0, x
