@@ -195,7 +195,7 @@ def quantize_block(ctx, bi:int, batches:list, stages:list, groups:list|None=None
 
 # %% ../nbs/05_quantize.ipynb #c014b
 def plan_layers(prefix:str, blocks, config:QuantizeConfig):
-    "`(skip, coverage)`: `{name: reason}` of selected layers to keep in full precision, and the fraction of block weights quantized."
+    "`(skip, coverage, total)`: `{name: reason}` of selected layers to keep in full precision, the fraction of block weights to be quantized, of `total`."
     skip, covered, total = {}, 0, 0   # total: the blocks' parameters, less the layers `config.dynamic` leaves out on purpose
     for bi, block in enumerate(blocks):
         total += sum(p.numel() for p in block.parameters())
@@ -211,7 +211,7 @@ def plan_layers(prefix:str, blocks, config:QuantizeConfig):
                    unpackable(K, N, lcfg.bits))
             if why: skip[full] = why
             else: covered += K * N
-    return skip, covered / max(total, 1)
+    return skip, covered / max(total, 1), max(total, 1)
 
 def _check_coverage(coverage:float, min_coverage:float, progress:bool):
     msg = f"gptq_nb: {coverage:.1%} of the decoder blocks' parameters will be quantized"
@@ -376,7 +376,7 @@ def quantize(model:nn.Module,            # a Hugging Face causal LM (modified in
                              "in float32/bfloat16.")
     if expert_fallback not in ("all_tokens", "rtn"):
         raise ValueError(f"expert_fallback={expert_fallback!r}: use 'all_tokens' or 'rtn'.")
-    skip, coverage = plan_layers(prefix, blocks, config)
+    skip, coverage, n_params = plan_layers(prefix, blocks, config)
     _check_coverage(coverage, min_coverage, progress)
     qconfig = with_skips(config, skip)
     moe = dict(all_tokens=experts_all_tokens, min_tokens=min_expert_tokens, fallback=expert_fallback)
@@ -403,6 +403,7 @@ def quantize(model:nn.Module,            # a Hugging Face causal LM (modified in
     if config.lm_head: _quantize_lm_head(model, batches, config, report, device)
     model.gptq_config = report.config = with_skips(config, skip)   # what was left in full precision, for the loaders
     report.summary["kept_full_precision"] = dict(skip)
+    report.summary["coverage"] = sum(r["in_features"] * r["out_features"] for r in report.rows if r["block"] >= 0) / n_params
     model.train(was_training)
     report.summary["seconds"] = time.perf_counter() - t0
     return report
