@@ -15,6 +15,7 @@ from .quant import SUPPORTED_BITS
 from .model import linear_shape
 from .qlinear import QuantLinear, quantizable_linears, _set_module, _is_conv1d
 from .io import normalize_quant_config, read_quant_config, read_header, CheckpointError, _quant_config_obj
+from .experts import from_checkpoint_keys, unfuse_for_checkpoint   # MoE (notebook 17)
 
 # %% auto #0
 __all__ = ['GPTQConfig', 'GptqNbHfQuantizer', 'register', 'unregister', 'is_registered']
@@ -71,6 +72,9 @@ class GptqNbHfQuantizer(HfQuantizer):
         qd = self._config_dict(checkpoint_files)
         qc = _quant_config_obj({k: v for k, v in qd.items() if k != "dynamic" or v}, "quantization_config")
         headers = _headers_of(checkpoint_files)
+        names = from_checkpoint_keys(model, headers)   # MoE: module names; per-expert experts unfused (notebook 17)
+        headers = {names[k]: v for k, v in headers.items()}
+        unfuse_for_checkpoint(model, headers)
         selected = quantizable_linears(model, qd)
         if headers:
             for name, m in model.named_modules():
@@ -86,8 +90,8 @@ class GptqNbHfQuantizer(HfQuantizer):
                              self.backend, device="meta")
             _set_module(model, name, ql)
             parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-            if parent is not model and not list(parent.parameters(recurse=False)):
-                parent._is_hf_initialized = True   # its init (e.g. GPT-2's scaled c_proj.weight) would touch a weight QuantLinear hasn't
+            if parent is not model:   # its init (e.g. GPT-2's scaled c_proj.weight, Mamba's out_proj) would touch a weight QuantLinear
+                parent._is_hf_initialized = True   # hasn't; its own parameters come from the checkpoint
         if qd.get("lm_head") and getattr(model.config, "tie_word_embeddings", False):
             model.config.tie_word_embeddings = False
         model.gptq_config = qc

@@ -14,6 +14,7 @@ from .quant import QuantizeConfig, SUPPORTED_BITS
 from .pack import FORMATS, pack_weight, convert_qzeros
 from .model import linear_shape
 from .qlinear import QuantLinear, MergedProjection, quantizable_linears, _set_module, _is_conv1d
+from .experts import to_checkpoint_keys, from_checkpoint_keys, unfuse_for_checkpoint   # MoE (notebook 17)
 
 # %% auto #0
 __all__ = ['CONFIG_KEYS', 'CheckpointError', 'normalize_quant_config', 'read_quant_config', 'quantized_state_dict', 'parse_size',
@@ -107,7 +108,7 @@ def quantized_state_dict(model, config:QuantizeConfig, dtype=None):
         v = v.contiguous()
         if v.untyped_storage().nbytes() != v.numel() * v.element_size(): v = v.clone()   # a view into a bigger buffer
         out[k] = v
-    return out
+    return to_checkpoint_keys(model, out)   # MoE: per-expert tensors under the names vLLM/GPTQModel read (17)
 
 # %% ../nbs/12_io.ipynb #c010
 def parse_size(size):
@@ -278,6 +279,9 @@ def from_quantized(path_or_repo, device="cpu", dtype=torch.float16, backend:str=
     if qd.get("lm_head") and getattr(cfg, "tie_word_embeddings", False): cfg.tie_word_embeddings = False
     with init_empty_weights():
         model = (model_cls or AutoModelForCausalLM).from_config(cfg, dtype=dtype)
+    names = from_checkpoint_keys(model, headers)   # MoE: checkpoint name -> module name; per-expert experts unfused (17)
+    headers = {names[k]: v for k, v in headers.items()}
+    unfuse_for_checkpoint(model, headers)
     selected = quantizable_linears(model, qd)
     for name, m in model.named_modules():   # quantized in the file but not selected by the config
         if f"{name}.qweight" in headers and name not in selected and (isinstance(m, nn.Linear) or _is_conv1d(m)):
@@ -303,9 +307,10 @@ def from_quantized(path_or_repo, device="cpu", dtype=torch.float16, backend:str=
     wanted = set(model.state_dict())
     for f in sorted(set(files.values())):
         with safe_open(str(f), framework="pt", device="cpu") as fh:
-            for k in fh.keys():
+            for ck in fh.keys():
+                k = names.get(ck, ck)
                 if k not in wanted: continue
-                t = fh.get_tensor(k)
+                t = fh.get_tensor(ck)
                 if k.endswith(".scales"): t = t.to(torch.float16)
                 elif t.is_floating_point(): t = t.to(dtype)
                 sd[k] = t

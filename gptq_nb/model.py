@@ -4,12 +4,15 @@
 
 # %% ../nbs/04_model.ipynb #c002
 from __future__ import annotations
+from dataclasses import dataclass
 import torch, torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
 # %% auto #0
-__all__ = ['TINY_ARCHS', 'is_linear', 'linear_weight', 'set_linear_weight', 'linear_shape', 'tiny_causal_lm', 'find_blocks',
-           'find_linears', 'StopForward', 'to_device', 'capture_block_inputs', 'find_stages']
+__all__ = ['TINY_ARCHS', 'MOE_ARCHS', 'EXPERT_PARAMS', 'is_linear', 'linear_weight', 'set_linear_weight', 'linear_shape',
+           'tiny_causal_lm', 'tiny_moe_lm', 'find_blocks', 'find_linears', 'ExpertsSpec', 'experts_spec',
+           'find_experts', 'expert_of', 'find_routers', 'unpackable', 'StopForward', 'to_device',
+           'capture_block_inputs', 'probe_block', 'find_stages']
 
 # %% ../nbs/04_model.ipynb #c005
 def is_linear(m:nn.Module):
@@ -56,6 +59,32 @@ def tiny_causal_lm(arch:str="llama", seed:int=0, layers:int=2, vocab:int=256, hi
     model = (tf.Gemma3ForCausalLM(cfg) if arch == "gemma3" else tf.AutoModelForCausalLM.from_config(cfg))
     return model.float().eval()
 
+# %% ../nbs/04_model.ipynb #c007b
+MOE_ARCHS = ("mixtral", "qwen3_moe", "qwen2_moe", "deepseek_v3")
+
+def tiny_moe_lm(arch:str="mixtral", seed:int=0, layers:int=2, vocab:int=256, hidden:int=64, experts:int=8, **overrides):
+    "A real transformers MoE causal LM of family `arch` with tiny random weights (for tests)."
+    import transformers as tf
+    torch.manual_seed(seed)
+    h, L, E = hidden, layers, experts
+    att = dict(hidden_size=h, num_hidden_layers=L, num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
+               max_position_embeddings=512)
+    cfgs = {
+        "mixtral":   lambda: tf.MixtralConfig(intermediate_size=2 * h, num_local_experts=E, num_experts_per_tok=2, **att),
+        "qwen3_moe": lambda: tf.Qwen3MoeConfig(intermediate_size=2 * h, moe_intermediate_size=h, num_experts=E,
+                                               num_experts_per_tok=2, head_dim=16, **att),
+        "qwen2_moe": lambda: tf.Qwen2MoeConfig(intermediate_size=2 * h, moe_intermediate_size=h, num_experts=E,
+                                               num_experts_per_tok=2, shared_expert_intermediate_size=2 * h, **att),
+        "deepseek_v3": lambda: tf.DeepseekV3Config(intermediate_size=2 * h, moe_intermediate_size=h, n_routed_experts=E,
+                                                   num_experts_per_tok=2, n_shared_experts=1, n_group=1, topk_group=1,
+                                                   q_lora_rank=32, kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=16,
+                                                   v_head_dim=16, first_k_dense_replace=0, **{**att, "num_key_value_heads": 4}),
+    }
+    if arch not in cfgs: raise ValueError(f"unknown tiny MoE arch {arch!r}: use one of {MOE_ARCHS}")
+    cfg = cfgs[arch]()
+    for k, v in overrides.items(): setattr(cfg, k, v)
+    return tf.AutoModelForCausalLM.from_config(cfg).float().eval()
+
 # %% ../nbs/04_model.ipynb #c009
 def find_blocks(model:nn.Module):
     "`(name, ModuleList)` of the decoder blocks: the largest `ModuleList` of same-class modules holding linears."
@@ -63,7 +92,7 @@ def find_blocks(model:nn.Module):
     for name, m in model.named_modules():
         if not isinstance(m, nn.ModuleList) or len(m) == 0: continue
         if len({type(b) for b in m}) != 1: continue
-        if not any(is_linear(x) for x in m[0].modules()): continue
+        if not any(is_linear(x) or hasattr(x, "qweight") for x in m[0].modules()): continue   # packed blocks too
         size = sum(p.numel() for p in m.parameters())
         if best is None or size > best[2]: best = (name, m, size)
     if best is None:
@@ -76,6 +105,76 @@ def find_blocks(model:nn.Module):
 def find_linears(block:nn.Module):
     "Name -> module of every quantizable linear inside `block`, in definition order."
     return {n: m for n, m in block.named_modules() if is_linear(m)}
+
+# %% ../nbs/04_model.ipynb #c011b
+EXPERT_PARAMS = ("gate_up_proj", "up_proj", "down_proj")   # transformers' experts interface
+
+@dataclass
+class ExpertsSpec:
+    "An experts container: `kind` 'fused' (3-D parameters) or 'list' (per-expert modules), and its layout."
+    kind: str
+    num_experts: int
+    has_gate: bool = True        # fused: gate_up_proj holds gate and up (else up_proj alone)
+    transposed: bool = False     # fused: parameters stored [E, in, out]
+    concatenated: bool = True    # fused: gate rows then up rows (else interleaved gate0, up0, gate1, ...)
+    has_bias: bool = False       # fused: gate_up_proj_bias / down_proj_bias [E, out]
+    problem: str = ""            # why gptq_nb can't quantize it ('' when it can)
+
+def experts_spec(m:nn.Module):
+    "The `ExpertsSpec` of `m` if it is an experts container, else `None`."
+    if getattr(m, "experts_spec", None) is not None: return m.experts_spec   # already unfused (notebook 17)
+    p3 = {n: p for n, p in m.named_parameters(recurse=False) if p.ndim == 3}
+    if p3 and not isinstance(m, nn.modules.conv._ConvNd) and (len(p3) > 1 or set(p3) & set(EXPERT_PARAMS)):
+        E = next(iter(p3.values())).shape[0]
+        gate = bool(getattr(m, "has_gate", "gate_up_proj" in p3))
+        s = ExpertsSpec("fused", E, gate, bool(getattr(m, "is_transposed", False)),
+                        bool(getattr(m, "is_concatenated", True)), bool(getattr(m, "has_bias", False)))
+        need = ("gate_up_proj" if gate else "up_proj", "down_proj")
+        if set(p3) - set(EXPERT_PARAMS) or any(n not in p3 for n in need) or any(p.shape[0] != E for p in p3.values()):
+            s.problem = (f"3-D parameters {sorted(p3)} are not transformers' experts layout "
+                         "(gate_up_proj or up_proj, and down_proj, each [num_experts, ...])")
+        elif getattr(m, "has_post_expert_norm", False): s.problem = "experts with a post-expert norm are not supported yet"
+        return s
+    if (isinstance(m, nn.ModuleList) and len(m) > 1 and len({type(x) for x in m}) == 1
+            and any(is_linear(x) for x in m[0].modules())):
+        return ExpertsSpec("list", len(m))
+    return None
+
+def find_experts(block:nn.Module):
+    "Name -> `ExpertsSpec` of each experts container inside `block` (outermost only)."
+    out = {}
+    for n, m in block.named_modules():
+        if not n or any(n.startswith(o + ".") for o in out): continue
+        s = experts_spec(m)
+        if s is not None: out[n] = s
+    return out
+
+def expert_of(name:str, experts:dict):
+    "`(container, expert index)` of linear `name` (relative to its block) if it belongs to an expert, else `None`."
+    for c in experts:
+        if name.startswith(c + "."):
+            i = name[len(c) + 1:].split(".", 1)[0]
+            return (c, int(i)) if i.isdigit() else None
+    return None
+
+def find_routers(block:nn.Module, experts:dict|None=None):
+    "Names of the linears that route tokens: siblings of an experts container with one output per expert."
+    experts = find_experts(block) if experts is None else experts
+    out = []
+    for c, s in experts.items():
+        parent = block.get_submodule(c.rpartition(".")[0]) if "." in c else block
+        pre = c.rpartition(".")[0]
+        for n, m in parent.named_children():
+            if is_linear(m) and linear_weight(m).shape[0] == s.num_experts: out.append(f"{pre}.{n}" if pre else n)
+    return out
+
+# %% ../nbs/04_model.ipynb #c011f
+def unpackable(K:int, N:int, bits:int):
+    "Why a `[N, K]` layer can't be stored at `bits` bits in the GPTQ format ('' if it can)."
+    from gptq_nb.pack import check_packable
+    try: check_packable(K, N, bits)
+    except ValueError as e: return str(e).split(". Keep")[0]
+    return ""
 
 # %% ../nbs/04_model.ipynb #c013
 class StopForward(Exception):
@@ -134,8 +233,8 @@ def capture_block_inputs(model:nn.Module, batches:list, device=None):
 
 # %% ../nbs/04_model.ipynb #c018
 @torch.no_grad()
-def find_stages(block:nn.Module, hidden, args=(), kwargs=None):
-    "Lists of linear names of `block`, one list per stage, in the order the forward uses them."
+def probe_block(block:nn.Module, hidden, args=(), kwargs=None):
+    "`(stages, rows)`: linear names of `block` per stage in the order the forward uses them, and the input rows each saw."
     from gptq_nb.hessian import _input_key
     linears, seen, order = find_linears(block), {}, []
     def hook(name):
@@ -152,4 +251,8 @@ def find_stages(block:nn.Module, hidden, args=(), kwargs=None):
         k = seen[n][0]
         if k not in key_stage: key_stage[k] = len(stages); stages.append([])
         stages[key_stage[k]].append(n)
-    return stages
+    return stages, {n: seen[n][1].reshape(-1, seen[n][1].shape[-1]).shape[0] for n in order}
+
+def find_stages(block:nn.Module, hidden, args=(), kwargs=None):
+    "Lists of linear names of `block`, one list per stage, in the order the forward uses them."
+    return probe_block(block, hidden, args, kwargs)[0]

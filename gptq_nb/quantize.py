@@ -14,9 +14,12 @@ from .hessian import Hessian, HessianHooks
 from .gptq import gptq_quantize
 from .model import (find_blocks, find_linears, find_stages, capture_block_inputs, linear_weight,
                            set_linear_weight, linear_shape, StopForward, to_device)
+from .model import probe_block, find_experts, find_routers, expert_of, unpackable
+from .experts import MoEExperts, unfuse_experts, planned_expert_linears
 
 # %% auto #0
-__all__ = ['MIN_CALIBRATION_TOKENS', 'QuantReport', 'layer_record', 'calibration_batches', 'quantize_block', 'quantize']
+__all__ = ['MIN_CALIBRATION_TOKENS', 'QuantReport', 'layer_record', 'calibration_batches', 'quantize_block', 'plan_layers',
+           'with_skips', 'expert_table', 'quantize']
 
 # %% ../nbs/05_quantize.ipynb #c005
 class QuantReport:
@@ -119,7 +122,7 @@ def calibration_batches(calibration, batch_size:int|None=None, tokenizer=None, p
     return out, n_tok
 
 # %% ../nbs/05_quantize.ipynb #c012
-def _solve_linear(ctx, full:str, bi:int, module:str, stage:int, mod, H:Hessian):
+def _solve_linear(ctx, full:str, bi:int, module:str, stage:int, mod, H:Hessian, extra:dict|None=None):
     "Solve one linear named `full` with its own config; write its weight, `gptq_result` and report row."
     lcfg = ctx["config"].for_module(full)
     if lcfg is None: return
@@ -136,6 +139,7 @@ def _solve_linear(ctx, full:str, bi:int, module:str, stage:int, mod, H:Hessian):
     mod.gptq_result = QuantizedWeight(qw.codes.cpu(), qw.scales.cpu(), qw.zeros.cpu(), qw.g_idx.cpu(), qw.bits,
                                       qw.group_size, qw.sym, None if qw.perm is None else qw.perm.cpu())
     row, tensors = layer_record(full, bi, module, stage, W, H.H, H.n, res, lcfg)
+    if extra: row.update(extra)   # experts: expert index, routed tokens, fallback
     ctx["report"].rows.append(row); ctx["report"].layers[full] = tensors
     if ctx["callback"] is not None: ctx["callback"](row, ctx["report"])
 
@@ -149,34 +153,199 @@ def _run(block, hidden, args, kwargs):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 @torch.no_grad()
-def quantize_block(ctx, bi:int, batches:list, stages:list):
+def quantize_block(ctx, bi:int, batches:list, stages:list, groups:list|None=None):
     "Quantize block `bi` in place; returns its output hidden states per batch."
     block, cfg, linears = ctx["block"], ctx["config"], ctx["linears"]
+    routed = ctx.get("routed", set())
+    solve = lambda si, names, H: (_solve_expert_stage if names[0] in routed else _solve_stage)(ctx, bi, si, names, H)
     if len(batches) == 1 and cfg.true_sequential:
         b = batches[0]; handles = []
         def trigger(si, names):
             def hook(mod, a):
-                H = Hessian(a[0].shape[-1], a[0].device, f"{ctx['prefix']}.{bi}.{names[0]}").add(a[0], b["mask"])
-                _solve_stage(ctx, bi, si, names, H)
+                mask = None if names[0] in routed else b["mask"]
+                H = Hessian(a[0].shape[-1], a[0].device, f"{ctx['prefix']}.{bi}.{names[0]}").add(a[0], mask)
+                solve(si, names, H)
             return hook
         for si, names in enumerate(stages): handles.append(linears[names[0]].register_forward_pre_hook(trigger(si, names)))
-        try: return [_run(block, b["hidden"], *b["block_args"][bi])]
+        try:
+            _experts_calibrating(ctx, b, 0)
+            return [_run(block, b["hidden"], *b["block_args"][bi])]
         finally:
             for h in handles: h.remove()
-    groups = stages if cfg.true_sequential else [[n for s in stages for n in s]]
-    for names in groups:
-        with HessianHooks({n: linears[n] for n in names}) as hh:
-            stop = linears[names[-1]].register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(StopForward()))
+    if groups is None: groups = [[i] for i in range(len(stages))] if cfg.true_sequential else [list(range(len(stages)))]
+    for g in groups:
+        names = [n for si in g for n in stages[si]]
+        dense, rout = [n for n in names if n not in routed], [n for n in names if n in routed]
+        with HessianHooks({n: linears[n] for n in dense}) as hh, HessianHooks({n: linears[n] for n in rout}) as hr:
+            stop = None if rout else linears[names[-1]].register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(StopForward()))
+            _reset_tokens(ctx)
             try:
-                for b in batches:
-                    hh.new_batch(b["mask"])
+                for j, b in enumerate(batches):
+                    hh.new_batch(b["mask"]); hr.new_batch(None)
+                    _experts_calibrating(ctx, b, j)
                     try: _run(block, b["hidden"], *b["block_args"][bi])
                     except StopForward: pass
-            finally: stop.remove()
-        for si, s in enumerate(stages):
-            todo = [n for n in s if n in names]
-            if todo: _solve_stage(ctx, bi, si, todo, hh.hessian_for(todo[0]))
+            finally:
+                if stop is not None: stop.remove()
+        for si in g:
+            todo = stages[si]; H = {**hh.hessians, **hr.hessians}.get(todo[0])
+            if H is not None or todo[0] in routed: solve(si, todo, H)
+    for j, b in enumerate(batches): _experts_calibrating(ctx, b, j, tokens=False)
     return [_run(block, b["hidden"], *b["block_args"][bi]) for b in batches]
+
+# %% ../nbs/05_quantize.ipynb #c014b
+def plan_layers(prefix:str, blocks, config:QuantizeConfig):
+    "`(skip, coverage, total)`: `{name: reason}` of selected layers to keep in full precision, the fraction of block weights to be quantized, of `total`."
+    skip, covered, total = {}, 0, 0   # total: the blocks' parameters, less the layers `config.dynamic` leaves out on purpose
+    for bi, block in enumerate(blocks):
+        total += sum(p.numel() for p in block.parameters())
+        experts = find_experts(block)
+        for c, s in experts.items():
+            if s.problem: warnings.warn(f"{prefix}.{bi}.{c}: {s.problem}; its weights stay in full precision.")
+        routers = set(find_routers(block, experts))
+        shapes = {n: linear_shape(m) for n, m in find_linears(block).items()} | planned_expert_linears(block)
+        for n, (K, N) in shapes.items():
+            full = f"{prefix}.{bi}.{n}"; lcfg = config.for_module(full)
+            if lcfg is None: total -= K * N; continue
+            why = ("a router: kept in full precision, as vLLM and GPTQModel expect" if n in routers else
+                   unpackable(K, N, lcfg.bits))
+            if why: skip[full] = why
+            else: covered += K * N
+    return skip, covered / max(total, 1), max(total, 1)
+
+def _check_coverage(coverage:float, min_coverage:float, progress:bool):
+    msg = f"gptq_nb: {coverage:.1%} of the decoder blocks' parameters will be quantized"
+    if coverage < min_coverage:
+        raise ValueError(f"{msg}, below min_coverage={min_coverage:.0%}: most of this model's block weights are in layers "
+                         "gptq_nb can't quantize (see the warnings above). Pass min_coverage=0 to quantize the rest anyway.")
+    if coverage < 0.9: warnings.warn(f"{msg}: the rest stays in full precision (see report.summary['kept_full_precision']).")
+    elif progress: print(msg + ".")
+
+def with_skips(config:QuantizeConfig, skip:dict):
+    "`config` with a `-:` rule in `dynamic` for the layers in `skip` (one rule per block-relative name), or `config` itself."
+    if not skip: return config
+    import re as _re
+    by_rel = {}
+    for full in skip:
+        m = _re.match(r"(.*?)\.(\d+)\.(.*)", full)
+        pre, bi, rel = m.groups() if m else ("", None, full)
+        by_rel.setdefault((pre, rel), []).append(bi)
+    rules = {}
+    for (pre, rel), bis in by_rel.items():
+        rules["-:^" + (f"{_re.escape(pre)}\\.(?:{'|'.join(b for b in bis)})\\." if bis[0] is not None else "") + _re.escape(rel) + "$"] = {}
+    return QuantizeConfig(**{**config.core_dict(), "dynamic": {**rules, **(config.dynamic or {})}})
+
+# %% ../nbs/05_quantize.ipynb #c014d
+def _prepare_block(ctx, bi:int, cap):
+    "Unfuse block `bi`'s experts if any will be quantized, probe it; fills `ctx` and returns `(stages, groups)`."
+    block, cfg, pre = ctx["block"], ctx["config"], f"{ctx['prefix']}.{bi}"
+    todo = {n.rsplit(".", 2)[0] for n in planned_expert_linears(block) if cfg.for_module(f"{pre}.{n}") is not None}
+    unfuse_experts(block, only=todo)   # names are `{container}.{expert}.{linear}`
+    ctx["linears"] = linears = find_linears(block)
+    ctx["experts"] = experts = find_experts(block)
+    stages, rows, n_tok = _probe_stages(block, cap, bi)
+    ctx["routed"] = {n for n in linears if expert_of(n, experts) is not None or rows.get(n, n_tok) != n_tok}
+    legacy = [n for n in ctx["routed"] if not isinstance(block.get_submodule(n.rpartition(".")[0].rpartition(".")[0] or n), MoEExperts)]
+    if legacy and ctx["moe"]["all_tokens"] and bi == 0:
+        warnings.warn(f"experts_all_tokens applies to fused experts only; {legacy[0]} and the other per-expert linears of "
+                      "this model are calibrated on their routed tokens.")
+    if legacy and bi == 0 and not bool(cap["mask"].bool().all()):
+        warnings.warn(f"{legacy[0]} and the other routed per-expert linears receive a subset of the tokens, so the padding "
+                      "mask can't be applied to them: padded positions enter their Hessians. Use equal-length windows.")
+    return _arrange(stages, linears, experts, cfg.true_sequential)
+
+def _role(name:str, experts:dict):
+    "`(container, linear name inside the expert)` of an expert's linear, else `None`."
+    eo = expert_of(name, experts)
+    return None if eo is None else (eo[0], (name[len(eo[0]) + 1:].split(".", 1) + [""])[1])
+
+def _arrange(stages:list, linears:dict, experts:dict, true_sequential:bool=True):
+    "`(stages, groups)`: the probed stages plus stages for expert linears the probe didn't reach, and the stages grouped by level."
+    level = {}                                   # (container, role) -> how many of its expert's stages come before it
+    for si, s in enumerate(stages):
+        if (r := _role(s[0], experts)) is None: continue
+        e = expert_of(s[0], experts)
+        k = sum(expert_of(x[0], experts) == e for x in stages[:si])
+        for n in s: level.setdefault(_role(n, experts), k)
+    seen, extra = {n for s in stages for n in s}, {}
+    for n in linears:
+        if n in seen or (r := _role(n, experts)) is None: continue
+        lv = level.setdefault(r, 1 + max([v for (c, _), v in level.items() if c == r[0]], default=-1))
+        extra.setdefault((lv, expert_of(n, experts)), []).append(n)   # an expert's linears of one level share its input
+    stages = stages + [v for _, v in sorted(extra.items())]
+    if not true_sequential: return stages, [list(range(len(stages)))]
+    groups, where = [], {}
+    for si, s in enumerate(stages):
+        r = _role(s[0], experts)
+        key = ("stage", si) if r is None else (r[0], level[r])
+        if key not in where: where[key] = len(groups); groups.append([])
+        groups[where[key]].append(si)
+    return stages, groups
+
+def _experts_of_block(ctx): return [m for m in ctx["block"].modules() if isinstance(m, MoEExperts)]
+
+def _experts_calibrating(ctx, b, j:int, tokens:bool=True):
+    "Set the experts modules' calibration state for batch `j` (`tokens=False`: switch it off)."
+    for ex in _experts_of_block(ctx):
+        if not tokens: ex.token_mask, ex.all_tokens, ex.kept = None, False, None; continue
+        m = b["mask"].reshape(-1).bool()
+        ex.token_mask = None if bool(m.all()) else m
+        ex.all_tokens = ctx["moe"]["all_tokens"]
+        if ex.tokens is None: ex.tokens = torch.zeros(ex.num_experts, dtype=torch.long)
+        if ctx["moe"]["fallback"] == "all_tokens":
+            if not isinstance(ex.kept, dict): ex.kept = {}
+            ex._batch = j
+
+def _reset_tokens(ctx):
+    for ex in _experts_of_block(ctx): ex.tokens = None
+
+def _fallback_hessian(ctx, bi:int, name:str):
+    "`(Hessian, label)` for a starved expert linear: every calibration token through it, or identity (RTN)."
+    c, e = expert_of(name, ctx["experts"]); ex = ctx["block"].get_submodule(c); mod = ctx["linears"][name]
+    K = linear_shape(mod)[0]; dev = linear_weight(mod).device
+    kept = list(ex.kept.values()) if isinstance(ex, MoEExperts) and isinstance(ex.kept, dict) else []
+    if ctx["moe"]["fallback"] == "all_tokens" and kept:
+        H = Hessian(K, dev, f"{ctx['prefix']}.{bi}.{name}")
+        down = mod is ex.linear(e, "down")
+        for x in kept: H.add(ex.hidden(e, x) if down else x)
+        return H, "all_tokens"
+    H = Hessian(K, dev, f"{ctx['prefix']}.{bi}.{name}"); H.H += torch.eye(K, device=dev)
+    return H, "rtn"
+
+def _solve_expert_stage(ctx, bi:int, si:int, names:list, H):
+    "Solve the linears of one expert (one input), from their routed Hessian or, if starved, the fallback."
+    c, e = expert_of(names[0], ctx["experts"]); ex = ctx["block"].get_submodule(c)
+    routed = int(ex.tokens[e]) if isinstance(ex, MoEExperts) and ex.tokens is not None else (H.n if H is not None else 0)
+    fb = ""
+    if H is None or (not ctx["moe"]["all_tokens"] and H.n < ctx["moe"]["min_tokens"]): H, fb = _fallback_hessian(ctx, bi, names[0])
+    for n in names:
+        _solve_linear(ctx, f"{ctx['prefix']}.{bi}.{n}", bi, n, si, ctx["linears"][n], H,
+                      extra=dict(expert=e, routed_tokens=routed, fallback=fb))
+
+def _finish_block(ctx, bi:int, stages:list, skip:dict):
+    "Solve the expert linears that got no input from their fallback; keep (and record) any other unfed linear in full precision."
+    pre = f"{ctx['prefix']}.{bi}"
+    done = lambda n: hasattr(ctx["linears"][n], "gptq_result")
+    for si, s in enumerate(stages):
+        todo = [n for n in s if not done(n) and ctx["config"].for_module(f"{pre}.{n}") is not None]
+        if todo and expert_of(todo[0], ctx["experts"]) is not None: _solve_expert_stage(ctx, bi, si, todo, None)
+    for n in ctx["linears"]:
+        if not done(n) and ctx["config"].for_module(f"{pre}.{n}") is not None:
+            skip[f"{pre}.{n}"] = "received no calibration input (its weight is used outside a module call): kept in full precision"
+            warnings.warn(f"{pre}.{n} {skip[f'{pre}.{n}']}.")
+    for ex in _experts_of_block(ctx): ex.tokens, ex.kept, ex.token_mask, ex.all_tokens = None, None, None, False   # inference again
+
+# %% ../nbs/05_quantize.ipynb #c014f
+def expert_table(report:QuantReport):
+    "One row per (block, expert): routed tokens, Hessian tokens, mean loss ratio and fallback of its linears."
+    import pandas as pd
+    t = report.table
+    if "expert" not in t or t.expert.isna().all():
+        return pd.DataFrame(columns=["block", "expert", "routed_tokens", "nsamples", "loss_ratio", "fallback", "layers"])
+    t = t[t.expert.notna()].assign(expert=lambda d: d.expert.astype(int), container=lambda d: d.module.str.extract(r"^(.*)\.\d+\.[^.]+$")[0])
+    return (t.groupby(["block", "container", "expert"], as_index=False)
+             .agg(routed_tokens=("routed_tokens", "first"), nsamples=("nsamples", "first"), loss_ratio=("loss_ratio", "mean"),
+                  fallback=("fallback", "first"), layers=("name", "count")))
 
 # %% ../nbs/05_quantize.ipynb #c016
 def _default_device(): return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -189,6 +358,10 @@ def quantize(model:nn.Module,            # a Hugging Face causal LM (modified in
              callback=None,              # callback(row, report) after each layer (dashboards' live mode)
              store_dir=None,             # save each layer's W and H here (for what-if re-quantization)
              progress:bool=True,         # tqdm bars
+             experts_all_tokens:bool=False,  # MoE: every calibration token through every expert (for the Hessians only)
+             min_expert_tokens:int=MIN_CALIBRATION_TOKENS,  # MoE: an expert routed fewer tokens takes `expert_fallback`
+             expert_fallback:str="all_tokens",  # "all_tokens" (Hessian of every token through it) or "rtn"
+             min_coverage:float=0.5,     # refuse if less than this fraction of the blocks' weights would be quantized
             ) -> QuantReport:
     "Quantize `model`'s decoder blocks (and `lm_head` if `config.lm_head`) with GPTQ; returns the per-layer report."
     config = config or QuantizeConfig()
@@ -201,20 +374,25 @@ def quantize(model:nn.Module,            # a Hugging Face causal LM (modified in
         if not torch.isfinite(p).all():
             raise ValueError(f"{n} contains NaN/Inf: the checkpoint is damaged or overflowed when loaded; reload it "
                              "in float32/bfloat16.")
+    if expert_fallback not in ("all_tokens", "rtn"):
+        raise ValueError(f"expert_fallback={expert_fallback!r}: use 'all_tokens' or 'rtn'.")
+    skip, coverage, n_params = plan_layers(prefix, blocks, config)
+    _check_coverage(coverage, min_coverage, progress)
+    qconfig = with_skips(config, skip)
+    moe = dict(all_tokens=experts_all_tokens, min_tokens=min_expert_tokens, fallback=expert_fallback)
     if store_dir is not None: Path(store_dir).mkdir(parents=True, exist_ok=True)
     was_training = model.training; model.eval()
     report = QuantReport(config, summary=dict(model=getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__,
                                               blocks=len(blocks), calibration_samples=sum(len(b[0]) for b in batches),
-                                              calibration_tokens=n_tok, device=str(device)))
+                                              calibration_tokens=n_tok, device=str(device), coverage=coverage))
     caps = capture_block_inputs(model, batches, device)
-    stages = None
     for bi in tqdm(range(len(blocks)), desc="GPTQ blocks", disable=not progress):
         block = blocks[bi]; home = next(block.parameters()).device
         block.to(device)
-        if stages is None: stages = _probe_stages(block, caps[0], bi)
-        ctx = dict(block=block, config=config, report=report, prefix=prefix, linears=find_linears(block),
-                   callback=callback, store_dir=store_dir)
-        outs = quantize_block(ctx, bi, caps, stages)
+        ctx = dict(block=block, config=qconfig, report=report, prefix=prefix, callback=callback, store_dir=store_dir, moe=moe)
+        stages, groups = _prepare_block(ctx, bi, caps[0])
+        outs = quantize_block(ctx, bi, caps, stages, groups)
+        _finish_block(ctx, bi, stages, skip)
         for c, o in zip(caps, outs):
             if not torch.isfinite(o).all():
                 raise FloatingPointError(f"{prefix}.{bi} produced NaN/Inf on calibration data after quantization: "
@@ -223,7 +401,9 @@ def quantize(model:nn.Module,            # a Hugging Face causal LM (modified in
             c["hidden"] = o
         block.to(home)
     if config.lm_head: _quantize_lm_head(model, batches, config, report, device)
-    model.gptq_config = config
+    model.gptq_config = report.config = with_skips(config, skip)   # what was left in full precision, for the loaders
+    report.summary["kept_full_precision"] = dict(skip)
+    report.summary["coverage"] = sum(r["in_features"] * r["out_features"] for r in report.rows if r["block"] >= 0) / n_params
     model.train(was_training)
     report.summary["seconds"] = time.perf_counter() - t0
     return report
@@ -236,10 +416,11 @@ def _slice_batch(obj, B):
     return obj
 
 def _probe_stages(block, cap, bi):
+    "`(stages, rows, tokens)` of block `bi` from one calibration window (or the whole first batch)."
     args, kwargs = cap["block_args"][bi]
     B = cap["hidden"].shape[0]
-    try: return find_stages(block, cap["hidden"][:1], _slice_batch(args, B), _slice_batch(kwargs, B))
-    except Exception: return find_stages(block, cap["hidden"], args, kwargs)
+    try: return (*probe_block(block, cap["hidden"][:1], _slice_batch(args, B), _slice_batch(kwargs, B)), cap["hidden"][:1].shape[:-1].numel())
+    except Exception: return (*probe_block(block, cap["hidden"], args, kwargs), cap["hidden"].shape[:-1].numel())
 
 # %% ../nbs/05_quantize.ipynb #c020
 @torch.no_grad()
