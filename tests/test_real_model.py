@@ -11,11 +11,9 @@ from gptq_nb.model import find_blocks, find_linears, linear_weight, set_linear_w
 
 
 @pytest.fixture(scope="module")
-def real_model():
-    from gptq_nb.demo import fetch_default_model, load_default_model
-    try: path = fetch_default_model(progress=lambda *a: None)
-    except Exception as e: pytest.skip(f"default model unavailable here: {e}")
-    return load_default_model(path)
+def real_model(default_gguf):
+    from gptq_nb.demo import load_default_model
+    return load_default_model(default_gguf)
 
 
 def test_real_checkpoint_roundtrip(real_model, tmp_path):
