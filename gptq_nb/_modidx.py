@@ -175,6 +175,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'gptq_nb.io._quant_config_obj': ('io.html#_quant_config_obj', 'gptq_nb/io.py'),
                             'gptq_nb.io._resolve': ('io.html#_resolve', 'gptq_nb/io.py'),
                             'gptq_nb.io._same_storage': ('io.html#_same_storage', 'gptq_nb/io.py'),
+                            'gptq_nb.io._umask_modes': ('io.html#_umask_modes', 'gptq_nb/io.py'),
                             'gptq_nb.io._write_report': ('io.html#_write_report', 'gptq_nb/io.py'),
                             'gptq_nb.io.checkpoint_files': ('io.html#checkpoint_files', 'gptq_nb/io.py'),
                             'gptq_nb.io.from_quantized': ('io.html#from_quantized', 'gptq_nb/io.py'),

@@ -156,6 +156,12 @@ def _write_report(report, d:Path):
     if isinstance(report, pd.DataFrame): report.to_json(d / "quant_report.json", orient="records", indent=1); return
     raise TypeError(f"report of type {type(report).__name__}: pass an object with .save(dir) or a pandas DataFrame.")
 
+def _umask_modes(d:Path):
+    "Give `d` and its files the modes a plain write would (umask applied): temporary files are made 0600/0700."
+    um = os.umask(0); os.umask(um)
+    os.chmod(d, 0o777 & ~um)
+    for f in d.rglob("*"): os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~um)
+
 def save_quantized(model, save_dir, config:QuantizeConfig|None=None, tokenizer=None, report=None,
                    max_shard_size="4GB", dtype=None):
     "Write `model` as a GPTQ checkpoint to `save_dir`, atomically; returns the directory's `Path`."
@@ -166,7 +172,7 @@ def save_quantized(model, save_dir, config:QuantizeConfig|None=None, tokenizer=N
     _compat_warnings(shapes)
     qdict = {**config.to_dict(), "pack_dtype": "int32", "meta": {"quantizer": ["gptq_nb"]}}
     save_dir = Path(save_dir); save_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.tmp-", dir=save_dir.parent)); os.chmod(tmp, 0o755)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.tmp-", dir=save_dir.parent))
     try:
         sd = quantized_state_dict(model, config, dtype)
         shards = shard_state_dict(sd, parse_size(max_shard_size))
@@ -191,6 +197,7 @@ def save_quantized(model, save_dir, config:QuantizeConfig|None=None, tokenizer=N
         cfg.save_pretrained(tmp)
         if getattr(model, "generation_config", None) is not None: model.generation_config.save_pretrained(tmp)
         if tokenizer is not None: tokenizer.save_pretrained(tmp)
+        _umask_modes(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise
     old = None
