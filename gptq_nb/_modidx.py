@@ -139,6 +139,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                   'gptq_nb/hf.py'),
                             'gptq_nb.hf.GptqNbHfQuantizer._process_model_before_weight_loading': ( 'hf.html#gptqnbhfquantizer._process_model_before_weight_loading',
                                                                                                    'gptq_nb/hf.py'),
+                            'gptq_nb.hf.GptqNbHfQuantizer.is_compileable': ('hf.html#gptqnbhfquantizer.is_compileable', 'gptq_nb/hf.py'),
                             'gptq_nb.hf.GptqNbHfQuantizer.is_serializable': ('hf.html#gptqnbhfquantizer.is_serializable', 'gptq_nb/hf.py'),
                             'gptq_nb.hf.GptqNbHfQuantizer.is_trainable': ('hf.html#gptqnbhfquantizer.is_trainable', 'gptq_nb/hf.py'),
                             'gptq_nb.hf.GptqNbHfQuantizer.update_device_map': ( 'hf.html#gptqnbhfquantizer.update_device_map',

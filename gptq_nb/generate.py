@@ -23,9 +23,9 @@ _DECLINE = ("past_key_values", "cache", "assistant_model", "prompt_lookup_num_to
             "custom_generate", "assistant_early_exit")
 
 def default_compile_config():
-    "transformers' `CompileConfig` for the decode step: CUDA graphs, one static shape per cache bucket and batch size."
+    "transformers' `CompileConfig` for the decode step: inductor + CUDA graphs (`reduce-overhead`), dynamic shapes after a second shape."
     from transformers import CompileConfig
-    return CompileConfig(fullgraph=False, dynamic=False, mode="reduce-overhead")
+    return CompileConfig(fullgraph=False, dynamic=None, mode="reduce-overhead")
 
 class FastGenerate:
     "gptq_nb's `generate` set-up on one model; `enabled` is the switch."
