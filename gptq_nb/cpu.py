@@ -4,14 +4,15 @@
 
 # %% ../nbs/14_cpu.ipynb #c003
 from __future__ import annotations
+import os
 import torch
 from .quant import plain_g_idx
 from .pack import unpack_rows, unpack_zeros
 from .qlinear import register_backend, AUTO_ORDER
 
 # %% auto #0
-__all__ = ['INT4_GROUPS', 'COMPUTE_DTYPE', 'kernel_group', 'int4_layout', 'repack_int4', 'int4_state', 'cpu_int4_available',
-           'cpu_int4_forward']
+__all__ = ['INT4_GROUPS', 'COMPUTE_DTYPE', 'ENABLED', 'WORK_PER_THREAD', 'kernel_group', 'int4_layout', 'repack_int4',
+           'int4_state', 'cpu_int4_available', 'kernel_threads', 'cpu_int4_forward']
 
 # %% ../nbs/14_cpu.ipynb #c006
 INT4_GROUPS = (256, 128, 64, 32)   # the group sizes torch's CPU int4 kernel accepts, largest first
@@ -59,16 +60,28 @@ def int4_state(m):
     return st[1]
 
 # %% ../nbs/14_cpu.ipynb #c012
+ENABLED = os.environ.get("GPTQ_NB_CPU_INT4", "1") != "0"   # False: "auto" keeps the float32 torch backend on CPU
+
 def cpu_int4_available(m, x) -> bool:
     "Whether the int4 kernel can run `m` on input `x` (CPU tensors, a 4-bit layer of a layout it takes)."
-    return x.device.type == "cpu" and m.qweight.device.type == "cpu" and not isinstance(int4_state(m), str)
+    return ENABLED and x.device.type == "cpu" and m.qweight.device.type == "cpu" and not isinstance(int4_state(m), str)
+
+WORK_PER_THREAD = 1 << 22   # rows x weights one thread takes before the kernel is spread over more threads
+
+def kernel_threads(rows:int, K:int, N:int) -> int:
+    "Threads for one int4 call: torch's setting for big work (prefill), one for decode-sized work."
+    return max(1, min(torch.get_num_threads(), rows * K * N // WORK_PER_THREAD))
 
 def cpu_int4_forward(m, x):
     "`x @ W + b` through torch's int4 CPU kernel (bf16 activations, fp32 accumulation), in `x`'s dtype."
     w, sz, gs, perm = int4_state(m)
     x2 = x.reshape(-1, m.in_features)
     if perm is not None: x2 = x2[:, perm]
-    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(COMPUTE_DTYPE).contiguous(), w, gs, sz).to(x.dtype)
+    n, want = torch.get_num_threads(), kernel_threads(x2.shape[0], m.in_features, m.out_features)
+    if want != n: torch.set_num_threads(want)
+    try: y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(COMPUTE_DTYPE).contiguous(), w, gs, sz).to(x.dtype)
+    finally:
+        if want != n: torch.set_num_threads(n)
     if m.bias is not None: y = y + m.bias.to(x.dtype)
     return y.reshape(*x.shape[:-1], m.out_features)
 

@@ -32,7 +32,15 @@ class FastGenerate:
     def __init__(self, enabled:bool=True, devices=("cuda",), merge:bool=True, compile_config=None):
         self.enabled, self.devices, self.merge = enabled, tuple(devices), merge
         self.compile_config = compile_config or default_compile_config()
-        self.cache, self.cache_key, self.merged_groups, self.calls = None, None, None, []
+        self.cache, self.cache_key, self.merged_groups, self.calls, self.warmed = None, None, None, [], set()
+
+    @torch.no_grad()
+    def warm_kernels(self, model, rows:int):
+        "Run every QuantLinear once eagerly on `rows` rows: kernels JIT and lazily allocated state (split-K counters) land outside the CUDA-graph pool."
+        from gptq_nb.qlinear import QuantLinear
+        for m in model.modules():
+            if isinstance(m, QuantLinear): m(torch.zeros(rows, m.in_features, device=m.qweight.device, dtype=m.scales.dtype))
+        self.warmed.add(rows)
 
     def plan(self, model, inputs, generation_config, kwargs):
         "Extra `generate` arguments for this call (a static cache, the compile config), or None to run it as is."
@@ -55,6 +63,7 @@ class FastGenerate:
             from transformers import StaticCache
             self.cache = None   # free the old one first
             self.cache, self.cache_key = StaticCache(config=cfg, max_cache_len=key[1]), key
+        if model.device.type == "cuda" and batch not in self.warmed: self.warm_kernels(model, batch)
         self.calls.append(dict(batch=batch, cache_len=key[1], reused=reused))
         name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"  # renamed in transformers 5.2x
         extra = {name: self.cache}
