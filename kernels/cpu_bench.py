@@ -45,6 +45,22 @@ def bench(model, ids, n, runs):
                 tokens=res[0][1])
 
 
+def slow_variants(r, qm, ids, args, nbytes, bench):
+    from gptq_nb.qlinear import set_backend, QuantLinear
+    set_backend(qm, "torch")
+    for m in qm.modules():
+        if isinstance(m, QuantLinear): m._cpu_int4 = None
+    r["results"]["gptq torch backend (old default)"] = dict(bench(qm, ids, args.slow_tokens, 1), bytes=nbytes(qm))
+    print("torch", r["results"]["gptq torch backend (old default)"], flush=True)
+    for m in qm.modules():
+        if isinstance(m, QuantLinear): m.cache_weight = True
+    r["results"]["gptq torch backend, cache_weight=True"] = dict(bench(qm, ids, args.new_tokens, args.runs),
+        bytes=nbytes(qm) + sum(m._wcache[1].numel() * 4 for m in qm.modules() if isinstance(m, QuantLinear) and m._wcache))
+    for m in qm.modules():
+        if isinstance(m, QuantLinear): m.cache_weight, m._wcache = False, None
+    set_backend(qm, "auto")
+
+
 def bench_pair(models, ids, n, runs):
     "`bench` for several models with their runs interleaved (a, b, a, b, ...), so all see the same machine load."
     for m in models.values(): timed(m, ids, min(n, 4))
@@ -65,6 +81,7 @@ def main():
     ap.add_argument("--ckpt"); ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--new-tokens", type=int, default=64); ap.add_argument("--slow-tokens", type=int, default=6)
     ap.add_argument("--runs", type=int, default=3); ap.add_argument("--ppl-windows", type=int, default=1)
+    ap.add_argument("--skip-slow", action="store_true", help="skip the torch-backend variants")
     ap.add_argument("--threads", default="", help="comma list of torch thread counts to time float and default at (default: torch's)")
     args = ap.parse_args()
     from gptq_nb.demo import load_default_model, fetch_default_model
@@ -96,23 +113,13 @@ def main():
             backends=sorted({resolve_backend(m, torch.zeros(1, m.in_features)) for m in qm.modules() if isinstance(m, QuantLinear)}))
         print(th, {k: round(v["tok_s_decode"], 2) for k, v in r["results"].items()}, flush=True)
     torch.set_num_threads(default_threads)
-    set_backend(qm, "torch")
-    for m in qm.modules():
-        if isinstance(m, QuantLinear): m._cpu_int4 = None
-    r["results"]["gptq torch backend (old default)"] = dict(bench(qm, ids, args.slow_tokens, 1), bytes=nbytes(qm))
-    print("torch", r["results"]["gptq torch backend (old default)"], flush=True)
-    for m in qm.modules():
-        if isinstance(m, QuantLinear): m.cache_weight = True
-    r["results"]["gptq torch backend, cache_weight=True"] = dict(bench(qm, ids, args.new_tokens, args.runs),
-        bytes=nbytes(qm) + sum(m._wcache[1].numel() * 4 for m in qm.modules() if isinstance(m, QuantLinear) and m._wcache))
-    for m in qm.modules():
-        if isinstance(m, QuantLinear): m.cache_weight, m._wcache = False, None
+    if not args.skip_slow: slow_variants(r, qm, ids, args, nbytes, bench)
     if args.ppl_windows:
         from gptq_nb.data import wikitext2_test_text
         from gptq_nb.eval import eval_windows, perplexity
         win = eval_windows(tok, wikitext2_test_text(), 2048, args.ppl_windows)
         r["ppl"] = dict(windows=args.ppl_windows, float32=perplexity(fl, win, progress=False))
-        r["ppl"]["gptq torch backend"] = perplexity(qm, win, progress=False)
+        set_backend(qm, "torch"); r["ppl"]["gptq torch backend"] = perplexity(qm, win, progress=False)
         set_backend(qm, "auto"); r["ppl"]["gptq cpu_int4 (bf16)"] = perplexity(qm, win, progress=False)
     base = r["results"]["float32"]["tok_s_decode"]
     meta["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
