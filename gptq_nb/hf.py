@@ -16,6 +16,7 @@ from .model import linear_shape
 from .qlinear import QuantLinear, quantizable_linears, _set_module, _is_conv1d
 from .io import normalize_quant_config, read_quant_config, read_header, CheckpointError, _quant_config_obj
 from .experts import from_checkpoint_keys, unfuse_for_checkpoint   # MoE (notebook 17)
+from .generate import install_generate
 
 # %% auto #0
 __all__ = ['GPTQConfig', 'GptqNbHfQuantizer', 'register', 'unregister', 'is_registered']
@@ -103,8 +104,11 @@ class GptqNbHfQuantizer(HfQuantizer):
                 for b, t in m.named_buffers(recurse=False):
                     if t.device.type == "meta":
                         raise CheckpointError(f"missing tensor '{name}.{b}': transformers found no data for it in the checkpoint.")
+        install_generate(model)   # bucketed static cache + compiled decode on CUDA, the CPU int4 backend (15_generate)
         return model
 
+    @property
+    def is_compileable(self): return True   # lets transformers auto-compile the decode step (15_generate)
     @property
     def is_trainable(self): return True   # LoRA on top: QuantLinear is differentiable in its input
     def is_serializable(self, *args, **kwargs): return True

@@ -21,6 +21,9 @@ __all__ = ['CONFIG_KEYS', 'CheckpointError', 'normalize_quant_config', 'read_qua
            'shard_state_dict', 'save_quantized', 'read_header', 'checkpoint_files', 'from_quantized',
            'verify_checkpoint', 'push_to_hub']
 
+# %% ../nbs/12_io.ipynb #c002b
+from .generate import install_generate, standard_layout   # the generate set-up of 15_generate (issue 11)
+
 # %% ../nbs/12_io.ipynb #c005
 class CheckpointError(ValueError):
     "A GPTQ checkpoint that can't be loaded as is: the message names the file/tensor, the problem and the fix."
@@ -174,7 +177,7 @@ def save_quantized(model, save_dir, config:QuantizeConfig|None=None, tokenizer=N
     save_dir = Path(save_dir); save_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.tmp-", dir=save_dir.parent))
     try:
-        sd = quantized_state_dict(model, config, dtype)
+        with standard_layout(model): sd = quantized_state_dict(model, config, dtype)   # merged by generate's set-up: the file keeps the separate layers
         shards = shard_state_dict(sd, parse_size(max_shard_size))
         names = (["model.safetensors"] if len(shards) == 1 else
                  [f"model-{i+1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
@@ -330,7 +333,9 @@ def from_quantized(path_or_repo, device="cpu", dtype=torch.float16, backend:str=
     if (ckpt / "generation_config.json").exists(): model.generation_config = GenerationConfig.from_pretrained(ckpt)
     model.config.quantization_config = {k: v for k, v in qd.items()}
     model.gptq_config = qc
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    install_generate(model)   # bucketed static cache + compiled decode on CUDA, the CPU int4 backend (15_generate)
+    return model
 
 # %% ../nbs/12_io.ipynb #c029
 def verify_checkpoint(ckpt_dir):

@@ -267,6 +267,8 @@ class _Call:
         plan = _make_plan(x, self.M, self.K, self.qweight, self.qzeros, self.scales, self.g_idx, *self.fmt, self.bias, None)
         self.plan = plan[1] if plan[0] == "kernel" and _fast_ok() else None
         self.compiled = None
+        _locks(x.device, 1)   # split-K counters exist before any capture: one allocated inside a CUDA graph's pool
+                              # and kept by this module would break torch.compile's CUDA-graph trees
         if self.plan is not None:
             sk = self.plan.split_k
             self.ws = torch.empty(sk, self.M, self.N, dtype=torch.float32, device=x.device) if sk > 1 else None
