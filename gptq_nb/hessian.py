@@ -10,17 +10,25 @@ import torch
 __all__ = ['Hessian', 'HessianHooks']
 
 # %% ../nbs/02_hessian.ipynb #c005
+def _gram(H, a, b, alpha:float):
+    "`H += alpha·aᵀb` in float32; 16-bit `a`, `b` on a GPU go straight to the tensor cores (fp32 accumulation)."
+    if a.dtype == torch.float32: H.addmm_(a.T, b, alpha=alpha)
+    else:
+        try: H.add_(torch.mm(a.T, b, out_dtype=torch.float32), alpha=alpha)
+        except RuntimeError: H.addmm_(a.T.float(), b.float(), alpha=alpha)   # a torch without the mixed-dtype mm
+
 def _add_gram(H, x, alpha:float):
     "`H += alpha·xᵀx`, computing only the upper half (3/4 of the products for large K) and mirroring it."
     K = x.shape[1]
     if K < 512:
-        H.addmm_(x.T, x, alpha=alpha); return
+        _gram(H, x, x, alpha); return
     h = K // 2
     a, b = x[:, :h], x[:, h:]
-    H[:h, :h].addmm_(a.T, a, alpha=alpha)
-    H[h:, h:].addmm_(b.T, b, alpha=alpha)
-    H[:h, h:].addmm_(a.T, b, alpha=alpha)
+    _gram(H[:h, :h], a, a, alpha)
+    _gram(H[h:, h:], b, b, alpha)
+    _gram(H[:h, h:], a, b, alpha)
     H[h:, :h] = H[:h, h:].T
+
 
 # %% ../nbs/02_hessian.ipynb #c008
 class Hessian:
@@ -40,7 +48,8 @@ class Hessian:
                                  "pass the attention mask of the same batch.")
             if not m.all(): x = x[m]
         if x.shape[0] == 0: return self
-        x = x.to(self.H.device, torch.float32)
+        x = x.to(self.H.device)
+        if not (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)): x = x.float()   # else: no fp32 copy
         n = x.shape[0]
         self.H.mul_(self.n / (self.n + n))
         self.n += n
