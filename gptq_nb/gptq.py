@@ -256,7 +256,8 @@ def gptq_quantize_many(Ws:list, H, bits:int=4, group_size:int=128, sym:bool=True
     for W0, n in zip(Ws, Ns):
         c = codes[:, off:off + n].T
         qw = QuantizedWeight((c if inv is None else c[:, inv]).contiguous(), scales[:, off:off + n].float(),
-                             zeros[:, off:off + n].float(), g_idx, bits, group_size, sym, perm)
+                             zeros[:, off:off + n].float(), g_idx.clone(), bits, group_size, sym,
+                             None if perm is None else perm.clone())   # each result owns its tensors
         off += n
         out.append(_result(W0, H0, qw, damp, seconds * n / N, rtn, bits, group_size, sym, mse))
     return out

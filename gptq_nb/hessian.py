@@ -11,11 +11,11 @@ __all__ = ['Hessian', 'HessianHooks']
 
 # %% ../nbs/02_hessian.ipynb #c005
 def _gram(H, a, b, alpha:float):
-    "`H += alpha·aᵀb` in float32; 16-bit `a`, `b` on a GPU go straight to the tensor cores (fp32 accumulation)."
-    if a.dtype == torch.float32: H.addmm_(a.T, b, alpha=alpha)
+    "`H += alpha·aᵀb` in `H`'s dtype; 16-bit `a`, `b` on a GPU go straight to the tensor cores (fp32 accumulation)."
+    if a.dtype == H.dtype: H.addmm_(a.T, b, alpha=alpha)
     else:
-        try: H.add_(torch.mm(a.T, b, out_dtype=torch.float32), alpha=alpha)
-        except RuntimeError: H.addmm_(a.T.float(), b.float(), alpha=alpha)   # a torch without the mixed-dtype mm
+        try: H.add_(torch.mm(a.T, b, out_dtype=H.dtype), alpha=alpha)
+        except RuntimeError: H.addmm_(a.T.to(H.dtype), b.to(H.dtype), alpha=alpha)   # a torch without the mixed-dtype mm
 
 def _add_gram(H, x, alpha:float):
     "`H += alpha·xᵀx`, computing only the upper half (3/4 of the products for large K) and mirroring it."

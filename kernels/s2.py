@@ -15,8 +15,8 @@ What it does, in this order:
    of 2048 random tokens; `quantize` with 4-bit g128, desc_act off (the library's default config otherwise);
    then every layer packed into GPTQ checkpoint tensors (on the GPU, results back on the host). Wall time from the
    first calibration forward to the last packed layer; peak GPU memory (`max_memory_allocated`); host peak RSS.
-   Per-phase times come from wrappers that synchronise the GPU around each phase: capture (embeddings, block-0
-   inputs, including the whole-model host-device round trip that `capture_block_inputs` does), Hessians, solves,
+   Per-phase times come from wrappers that synchronise the GPU around each phase: capture (embeddings and block-0
+   inputs), Hessians, solves (each layer's proxy loss and RTN baseline included),
    layer records, writing results back (weights and codes to the host), block copies host<->device, packing; the
    rest is the block forwards. The run is done twice: plain (the end-to-end figure), then instrumented (phases), if time allows.
 Prints a summary; writes s2.json under --out.
