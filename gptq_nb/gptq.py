@@ -137,12 +137,14 @@ def lazy_blocks(gpos:list, blocksize:int, static_groups:bool):
 # %% ../nbs/03_gptq.ipynb #f005
 def _block_torch(W1, U1, S, Z, gid:list, maxq:int, codes, Err1):
     "GPTQ inside one lazy block, in place on `W1` `[b, N]`: codes and scaled errors of its `b` columns."
-    for i in range(W1.shape[0]):
-        s, z, w = S[gid[i]], Z[gid[i]], W1[i]
-        q = torch.clamp_(torch.round_(w / s).add_(z), 0, maxq)      # quantize_codes, in place
-        codes[i] = q
-        torch.sub(w, (q - z).mul_(s), out=Err1[i]).div_(U1[i, i])
-        W1[i + 1:].addmm_(U1[i, i + 1:, None], Err1[i][None], alpha=-1)  # the OBS update of the block's rest
+    b, Q1, d, gp = W1.shape[0], torch.empty_like(W1), U1.diagonal().tolist(), None
+    for i in range(b):
+        if gid[i] != gp: gp = gid[i]; s, z = S[gp], Z[gp]
+        w, e, q = W1[i], Err1[i], Q1[i]
+        torch.clamp_(torch.div(w, s, out=q).round_().add_(z), 0, maxq)   # quantize_codes, in place
+        torch.sub(w, (q - z).mul_(s), out=e).div_(d[i])
+        if i + 1 < b: W1[i + 1:].addmm_(U1[i, i + 1:, None], e[None], alpha=-1)  # the OBS update of the block's rest
+    codes.copy_(Q1)
 
 # %% ../nbs/03_gptq.ipynb #f007
 try:
@@ -239,7 +241,7 @@ def gptq_quantize_many(Ws:list, H, bits:int=4, group_size:int=128, sym:bool=True
         for i1, i2 in lazy_blocks(gpos, blocksize, static_groups):
             gi = gpos[i1]
             if not static_groups and (i1 == 0 or gpos[i1 - 1] != gi):   # a group starts: all its columns are up to date
-                sc, zc = grid_params(Wt[i1:i1 + gsize[gi]].T, bits, sym, mse)
+                sc, zc = grid_params(Wt[i1:i1 + gsize[gi]].T.contiguous(), bits, sym, mse)  # rows: fast reductions
                 scales[gi], zeros[gi] = sc[:, 0], zc[:, 0]
             W1, U1, Err1 = Wt[i1:i2], U[i1:i2, i1:i2], Err[:i2 - i1]
             if fused: _block_triton(W1, U1, scales, zeros, gid_t[i1:i2], maxq, codes[i1:i2], Err1)
