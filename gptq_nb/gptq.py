@@ -4,14 +4,15 @@
 
 # %% ../nbs/03_gptq.ipynb #c002
 from __future__ import annotations
-import time
+import os, time
 from dataclasses import dataclass
 import torch
 from .quant import (QuantizedWeight, check_bits_group, grid_params, quantize_codes, dequantize_codes,
                            rtn_quantize, n_groups, plain_g_idx)
 
 # %% auto #0
-__all__ = ['inverse_cholesky', 'GPTQResult', 'proxy_loss', 'processing_order', 'gptq_quantize']
+__all__ = ['BLOCK_KERNEL', 'inverse_cholesky', 'GPTQResult', 'proxy_loss', 'processing_order', 'gptq_reference', 'lazy_blocks',
+           'triton_usable', 'gptq_quantize_many', 'gptq_quantize']
 
 # %% ../nbs/03_gptq.ipynb #c005
 def inverse_cholesky(H, damp_percent:float=0.01, max_tries:int=12):
@@ -57,10 +58,10 @@ def processing_order(h_diag, K:int, group_size:int, desc_act:bool, act_group_awa
                       for gi in torch.argsort(gmax, descending=True, stable=True).tolist()])
 
 # %% ../nbs/03_gptq.ipynb #c015
-def gptq_quantize(W, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act:bool=False,
-                  static_groups:bool=False, damp_percent:float=0.01, mse:float=0.0, blocksize:int=128,
-                  dtype=torch.float32, rtn:bool=True, act_group_aware:bool=False):
-    "Quantize `W` `[N, K]` given its input Hessian `H` `[K, K]` with GPTQ; returns a `GPTQResult`."
+def gptq_reference(W, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act:bool=False,
+                   static_groups:bool=False, damp_percent:float=0.01, mse:float=0.0, blocksize:int=128,
+                   dtype=torch.float32, rtn:bool=True, act_group_aware:bool=False):
+    "GPTQ of `W` `[N, K]` given its input Hessian `H` `[K, K]`, plainly (one Python step per column): the specification `gptq_quantize` is tested against."
     check_bits_group(bits, group_size)
     t0 = time.perf_counter()
     if not torch.isfinite(W).all():
@@ -122,3 +123,158 @@ def gptq_quantize(W, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act:
     rtn_qw = rtn_quantize(W0, bits, group_size, sym, mse) if rtn else None
     rtn_loss = proxy_loss(W0, rtn_qw.dequantize(), H0) if rtn else float("nan")
     return GPTQResult(qw, loss, rtn_loss, damp, time.perf_counter() - t0, rtn_qw)
+
+# %% ../nbs/03_gptq.ipynb #f001
+def lazy_blocks(gpos:list, blocksize:int, static_groups:bool):
+    "Lazy-batch blocks `[(i1, i2)]` of at most `blocksize` columns; unless grids are fixed beforehand, a group's first column always starts a block."
+    K, out, i1 = len(gpos), [], 0
+    while i1 < K:
+        i2 = min(i1 + blocksize, K)
+        if not static_groups: i2 = next((j for j in range(i1 + 1, i2) if gpos[j] != gpos[j - 1]), i2)
+        out.append((i1, i2)); i1 = i2
+    return out
+
+# %% ../nbs/03_gptq.ipynb #f005
+def _block_torch(W1, U1, S, Z, gid:list, maxq:int, codes, Err1):
+    "GPTQ inside one lazy block, in place on `W1` `[b, N]`: codes and scaled errors of its `b` columns."
+    b, Q1, d, gp = W1.shape[0], torch.empty_like(W1), U1.diagonal().tolist(), None
+    for i in range(b):
+        if gid[i] != gp: gp = gid[i]; s, z = S[gp], Z[gp]
+        w, e, q = W1[i], Err1[i], Q1[i]
+        torch.clamp_(torch.div(w, s, out=q).round_().add_(z), 0, maxq)   # quantize_codes, in place
+        torch.sub(w, (q - z).mul_(s), out=e).div_(d[i])
+        if i + 1 < b: W1[i + 1:].addmm_(U1[i, i + 1:, None], e[None], alpha=-1)  # the OBS update of the block's rest
+    codes.copy_(Q1)
+
+# %% ../nbs/03_gptq.ipynb #f007
+try:
+    import triton, triton.language as tl
+    from triton.language.extra import libdevice
+except ImportError: triton = None
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+BLOCK_KERNEL = dict(BN=32, num_warps=4)   # columns of W per program; s2.py sweeps these on the card
+
+if triton is not None:
+    @triton.jit
+    def _gptq_block_kernel(W1, U1, S, Z, GID, Q, E, N, stride_w, su0, su1, maxq, nb: tl.constexpr,
+                           B: tl.constexpr, BN: tl.constexpr, MAGIC_ROUND: tl.constexpr):
+        # one program: all `nb` columns of the block for BN rows of W, held in registers
+        r = tl.arange(0, B)
+        c = tl.program_id(0) * BN + tl.arange(0, BN)
+        cm = c < N
+        w = tl.load(W1 + r[:, None] * stride_w + c[None, :], mask=(r[:, None] < nb) & cm[None, :], other=0.0)
+        for i in range(nb):
+            wi = tl.sum(tl.where(r[:, None] == i, w, 0.0), axis=0)          # column i of the block, as updated
+            g = tl.load(GID + i)
+            s = tl.load(S + g * N + c, mask=cm, other=1.0)
+            z = tl.load(Z + g * N + c, mask=cm, other=0.0)
+            x = tl.math.div_rn(wi, s)
+            if MAGIC_ROUND: x = (x + 12582912.0) - 12582912.0            # round half to even (interpreter)
+            else: x = libdevice.rint(x)
+            q = tl.minimum(tl.maximum(x + z, 0.0), maxq)
+            tl.store(Q + i * N + c, q.to(tl.uint8), mask=cm)
+            err = tl.math.div_rn(wi - (q - z) * s, tl.load(U1 + i * (su0 + su1)))
+            tl.store(E + i * N + c, err, mask=cm)
+            u = tl.load(U1 + i * su0 + r * su1, mask=(r > i) & (r < nb), other=0.0)
+            w = w - u[:, None] * err[None, :]                             # the OBS update of the block's rest
+
+def _block_triton(W1, U1, S, Z, gid_t, maxq:int, codes, Err1):
+    "`_block_torch` as one kernel launch (reads `W1`, leaves it as it was)."
+    b, N = W1.shape
+    B, BN = max(16, triton.next_power_of_2(b)), BLOCK_KERNEL["BN"]
+    _gptq_block_kernel[(triton.cdiv(N, BN),)](W1, U1, S, Z, gid_t, codes, Err1, N, W1.stride(0), *U1.stride(),
+                                              float(maxq), nb=b, B=B, BN=BN, MAGIC_ROUND=_INTERPRET,
+                                              num_warps=BLOCK_KERNEL["num_warps"])
+
+def triton_usable(device, dtype=torch.float32, blocksize:int=128):
+    "Whether the fused block kernel can run here: Triton importable, a CUDA device (or the interpreter), float32."
+    return (triton is not None and dtype == torch.float32 and blocksize <= 256
+            and (torch.device(device).type == "cuda" or (_INTERPRET and torch.device(device).type == "cpu")))
+
+# %% ../nbs/03_gptq.ipynb #f009
+def _check_layer(W, H, name:str=""):
+    who = f"{name}: " if name else ""
+    if W.ndim != 2 or H.shape != (W.shape[1], W.shape[1]):
+        raise ValueError(f"{who}H has shape {tuple(H.shape)}, expected ({W.shape[-1]}, {W.shape[-1]}) for W of shape "
+                         f"{tuple(W.shape)}.")
+    if not torch.isfinite(W).all():
+        raise ValueError(f"{who}the weight contains NaN/Inf: the checkpoint is damaged or was loaded in a dtype that "
+                         "overflowed; reload it in float32/bfloat16.")
+
+def gptq_quantize_many(Ws:list, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act:bool=False,
+                       static_groups:bool=False, damp_percent:float=0.01, mse:float=0.0, blocksize:int=128,
+                       dtype=torch.float32, rtn:bool=True, act_group_aware:bool=False, kernel:str="auto", names=None):
+    "Quantize several weights `[N_j, K]` that share the input Hessian `H` (q/k/v, gate/up) in one solve: a `GPTQResult` each."
+    check_bits_group(bits, group_size)
+    if kernel not in ("auto", "torch", "triton"): raise ValueError(f"kernel={kernel!r}: use 'auto', 'torch' or 'triton'.")
+    t0 = time.perf_counter()
+    for j, W in enumerate(Ws): _check_layer(W, H, names[j] if names else "")
+    K, Ns, dev = H.shape[0], [W.shape[0] for W in Ws], Ws[0].device
+    maxq, g, N = 2 ** bits - 1, (K if group_size == -1 else group_size), sum(Ns)
+    W = torch.cat([w.to(dtype) for w in Ws]) if len(Ws) > 1 else Ws[0].to(dtype).clone()
+    H0, H = H, H.to(dev, dtype).clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1; W[:, dead] = 0
+    G = n_groups(K, group_size)
+    scales, zeros = torch.zeros(G, N, dtype=dtype, device=dev), torch.zeros(G, N, dtype=dtype, device=dev)
+    if static_groups:
+        for gi in range(G):
+            s, z = grid_params(W[:, gi*g:(gi+1)*g], bits, sym, mse); scales[gi], zeros[gi] = s[:, 0], z[:, 0]
+    perm = processing_order(torch.diag(H), K, g, desc_act, act_group_aware)
+    if perm is not None: W, H = W[:, perm], H[perm][:, perm]
+    natural = torch.arange(K) if perm is None else perm.cpu()
+    gpos = (torch.arange(K) // g if desc_act and not static_groups else natural // g).tolist()
+    gsize = torch.bincount(torch.tensor(gpos), minlength=G).tolist()
+    U, damp = inverse_cholesky(H, damp_percent)
+    del H
+    Wt = W.T.contiguous(); del W              # [K, N]: each column of W is a contiguous row here
+    codes = torch.empty(K, N, dtype=torch.uint8, device=dev)
+    Err = torch.empty(min(blocksize, K), N, dtype=dtype, device=dev)
+    fused = kernel == "triton" or (kernel == "auto" and dev.type == "cuda" and triton_usable(dev, dtype, blocksize))
+    if fused and not triton_usable(dev, dtype, blocksize):
+        raise ValueError(f"kernel='triton' needs Triton, float32 and blocksize <= 256 on a CUDA device (or "
+                         "TRITON_INTERPRET=1 on CPU); use kernel='torch'.")
+    gid_t = torch.tensor(gpos, dtype=torch.int32, device=dev) if fused else None
+    threads, cpu = torch.get_num_threads(), dev.type == "cpu"
+    try:
+        for i1, i2 in lazy_blocks(gpos, blocksize, static_groups):
+            gi = gpos[i1]
+            if not static_groups and (i1 == 0 or gpos[i1 - 1] != gi):   # a group starts: all its columns are up to date
+                sc, zc = grid_params(Wt[i1:i1 + gsize[gi]].T.contiguous(), bits, sym, mse)  # rows: fast reductions
+                scales[gi], zeros[gi] = sc[:, 0], zc[:, 0]
+            W1, U1, Err1 = Wt[i1:i2], U[i1:i2, i1:i2], Err[:i2 - i1]
+            if fused: _block_triton(W1, U1, scales, zeros, gid_t[i1:i2], maxq, codes[i1:i2], Err1)
+            else:
+                if cpu: torch.set_num_threads(1)   # the column loop is many tiny ops: threads only add overhead
+                _block_torch(W1, U1, scales, zeros, gpos[i1:i2], maxq, codes[i1:i2], Err1)
+                if cpu: torch.set_num_threads(threads)
+            Wt[i2:].addmm_(U[i1:i2, i2:].T, Err1, alpha=-1)               # the lazy update of everything after it
+    finally: torch.set_num_threads(threads)
+    del Wt, Err
+    g_idx = torch.empty(K, dtype=torch.int32); g_idx[natural] = torch.tensor(gpos, dtype=torch.int32)
+    g_idx, inv = g_idx.to(dev), (None if perm is None else torch.argsort(perm))
+    seconds, out, off = time.perf_counter() - t0, [], 0
+    for W0, n in zip(Ws, Ns):
+        c = codes[:, off:off + n].T
+        qw = QuantizedWeight((c if inv is None else c[:, inv]).contiguous(), scales[:, off:off + n].float(),
+                             zeros[:, off:off + n].float(), g_idx.clone(), bits, group_size, sym,
+                             None if perm is None else perm.clone())   # each result owns its tensors
+        off += n
+        out.append(_result(W0, H0, qw, damp, seconds * n / N, rtn, bits, group_size, sym, mse))
+    return out
+
+def _result(W0, H0, qw, damp, seconds, rtn, bits, group_size, sym, mse):
+    "The `GPTQResult` of one solved weight: proxy losses against the undamped `H`, and the RTN baseline."
+    t0, H0 = time.perf_counter(), H0.to(W0.device)
+    loss = proxy_loss(W0, qw.dequantize(), H0)
+    rtn_qw = rtn_quantize(W0, bits, group_size, sym, mse) if rtn else None
+    rtn_loss = proxy_loss(W0, rtn_qw.dequantize(), H0) if rtn else float("nan")
+    return GPTQResult(qw, loss, rtn_loss, damp, seconds + time.perf_counter() - t0, rtn_qw)
+
+def gptq_quantize(W, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act:bool=False,
+                  static_groups:bool=False, damp_percent:float=0.01, mse:float=0.0, blocksize:int=128,
+                  dtype=torch.float32, rtn:bool=True, act_group_aware:bool=False, kernel:str="auto"):
+    "Quantize `W` `[N, K]` given its input Hessian `H` `[K, K]` with GPTQ; returns a `GPTQResult` (same as `gptq_reference`, faster)."
+    return gptq_quantize_many([W], H, bits, group_size, sym, desc_act, static_groups, damp_percent, mse, blocksize,
+                              dtype, rtn, act_group_aware, kernel)[0]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .quant import QuantizeConfig, QuantizedWeight
 from .hessian import Hessian, HessianHooks
-from .gptq import gptq_quantize
+from .gptq import gptq_quantize_many
 from .model import (find_blocks, find_linears, find_stages, capture_block_inputs, linear_weight,
                            set_linear_weight, linear_shape, StopForward, to_device)
 from .model import probe_block, find_experts, find_routers, expert_of, unpackable
@@ -122,15 +122,8 @@ def calibration_batches(calibration, batch_size:int|None=None, tokenizer=None, p
     return out, n_tok
 
 # %% ../nbs/05_quantize.ipynb #c012
-def _solve_linear(ctx, full:str, bi:int, module:str, stage:int, mod, H:Hessian, extra:dict|None=None):
-    "Solve one linear named `full` with its own config; write its weight, `gptq_result` and report row."
-    lcfg = ctx["config"].for_module(full)
-    if lcfg is None: return
-    W = linear_weight(mod).detach().float().clone()   # a copy: the module's weight is overwritten below
-    try:
-        res = gptq_quantize(W, H.H, lcfg.bits, lcfg.group_size, lcfg.sym, lcfg.desc_act, lcfg.static_groups,
-                            lcfg.damp_percent, lcfg.mse, lcfg.blocksize, act_group_aware=lcfg.act_group_aware)
-    except ValueError as e: raise ValueError(f"{full}: {e}") from None
+def _finish_linear(ctx, full:str, bi:int, module:str, stage:int, mod, W, H:Hessian, res, lcfg, extra:dict|None=None):
+    "Write a solved linear's weight, `gptq_result` and report row (and its W, H to `store_dir`)."
     if ctx["store_dir"] is not None:
         from safetensors.torch import save_file
         save_file({"W": W.contiguous().cpu(), "H": H.H.contiguous().cpu()}, str(Path(ctx["store_dir"]) / f"{full}.safetensors"))
@@ -143,9 +136,32 @@ def _solve_linear(ctx, full:str, bi:int, module:str, stage:int, mod, H:Hessian, 
     ctx["report"].rows.append(row); ctx["report"].layers[full] = tensors
     if ctx["callback"] is not None: ctx["callback"](row, ctx["report"])
 
+def _solve_linears(ctx, bi:int, stage:int, items:list, H:Hessian, extra:dict|None=None):
+    "Solve linears `[(full name, name in block, module)]` that read one input (Hessian `H`); those with the same config in one solve. `extra`: fields for their report rows (experts)."
+    groups = {}
+    for full, module, mod in items:
+        lcfg = ctx["config"].for_module(full)
+        if lcfg is not None: groups.setdefault(repr(sorted(lcfg.core_dict().items())), []).append((full, lcfg))
+    done = {}
+    for group in groups.values():
+        lcfg, names = group[0][1], [full for full, _ in group]
+        mods = {full: mod for full, _, mod in items}
+        Ws = [linear_weight(mods[n]).detach().to(torch.float32, copy=True) for n in names]  # copies: weights are overwritten
+        res = gptq_quantize_many(Ws, H.H, lcfg.bits, lcfg.group_size, lcfg.sym, lcfg.desc_act, lcfg.static_groups,
+                                 lcfg.damp_percent, lcfg.mse, lcfg.blocksize, act_group_aware=lcfg.act_group_aware,
+                                 names=names)
+        done.update({n: (W, r, lcfg) for n, W, r in zip(names, Ws, res)})
+    for full, module, mod in items:   # report rows in the block's order, whatever the grouping
+        if full in done:
+            W, r, lcfg = done[full]; _finish_linear(ctx, full, bi, module, stage, mod, W, H, r, lcfg, extra)
+
+def _solve_linear(ctx, full:str, bi:int, module:str, stage:int, mod, H:Hessian, extra:dict|None=None):
+    "Solve one linear named `full` with its own config (the output head; one expert's projections)."
+    _solve_linears(ctx, bi, stage, [(full, module, mod)], H, extra)
+
 def _solve_stage(ctx, bi:int, stage_idx:int, names:list, H:Hessian):
-    for name in names:
-        _solve_linear(ctx, f"{ctx['prefix']}.{bi}.{name}", bi, name, stage_idx, ctx["linears"][name], H)
+    _solve_linears(ctx, bi, stage_idx, [(f"{ctx['prefix']}.{bi}.{n}", n, ctx["linears"][n]) for n in names], H)
+
 
 # %% ../nbs/05_quantize.ipynb #c014
 def _run(block, hidden, args, kwargs):
@@ -318,9 +334,8 @@ def _solve_expert_stage(ctx, bi:int, si:int, names:list, H):
     routed = int(ex.tokens[e]) if isinstance(ex, MoEExperts) and ex.tokens is not None else (H.n if H is not None else 0)
     fb = ""
     if H is None or (not ctx["moe"]["all_tokens"] and H.n < ctx["moe"]["min_tokens"]): H, fb = _fallback_hessian(ctx, bi, names[0])
-    for n in names:
-        _solve_linear(ctx, f"{ctx['prefix']}.{bi}.{n}", bi, n, si, ctx["linears"][n], H,
-                      extra=dict(expert=e, routed_tokens=routed, fallback=fb))
+    _solve_linears(ctx, bi, si, [(f"{ctx['prefix']}.{bi}.{n}", n, ctx["linears"][n]) for n in names], H,
+                   extra=dict(expert=e, routed_tokens=routed, fallback=fb))   # gate/up share H: one solve
 
 def _finish_block(ctx, bi:int, stages:list, skip:dict):
     "Solve the expert linears that got no input from their fallback; keep (and record) any other unfed linear in full precision."
