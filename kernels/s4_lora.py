@@ -36,10 +36,10 @@ def random_qlinear(K: int, N: int, device, group_size: int = 128):
 
 def build(kind: str, tiny: bool, device):
     "The bf16 model, or the same model with every decoder-block linear replaced by a random 4-bit QuantLinear."
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
     torch.manual_seed(0)
     with torch.device(device):
-        model = LlamaForCausalLM(llama_config(tiny)).to(torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(llama_config(tiny), dtype=torch.bfloat16)
     if kind == "gptq":
         from gptq_nb.qlinear import _set_module
         for name, m in list(model.model.layers.named_modules()):
