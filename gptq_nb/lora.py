@@ -18,15 +18,17 @@ __all__ = ['BACKWARD_TILE', 'MERGE_REFUSED', 'dequantize_columns', 'grad_input',
 # %% ../nbs/18_lora.ipynb #c005
 BACKWARD_TILE = None   # output columns dequantized at a time in the backward (multiple of 32); None: the whole layer
 
-_NATURAL = weakref.WeakKeyDictionary()
+_NATURAL = {}   # id(g_idx) -> (weak reference to it, natural?)
 
 def _natural(m) -> bool:
     "Is `m.g_idx` the plain `k // group_size` order? (Cached per g_idx tensor: the host sync happens once per layer.)"
-    hit = _NATURAL.get(m.g_idx)
-    if hit is None:
+    gi, k = m.g_idx, id(m.g_idx)
+    hit = _NATURAL.get(k)
+    if hit is None or hit[0]() is not gi:
         g = m.in_features if m.group_size == -1 else m.group_size
-        hit = _NATURAL[m.g_idx] = bool(torch.equal(m.g_idx.long(), torch.arange(m.in_features, device=m.g_idx.device) // g))
-    return hit
+        nat = bool(torch.equal(gi.long(), torch.arange(m.in_features, device=gi.device) // g))
+        hit = _NATURAL[k] = (weakref.ref(gi, lambda _, k=k: _NATURAL.pop(k, None)), nat)
+    return hit[1]
 
 def dequantize_columns(m:QuantLinear, n0:int=0, n1:int|None=None, dtype=torch.float32, kernel:bool|None=None):
     "Columns `n0:n1` of `m`'s `[K, N]` weight in `dtype`: Triton's dequantize kernel (`kernel=None`: on CUDA), else torch."
