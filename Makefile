@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN  := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: demo test lab bench-accuracy clean-nbs export
+.PHONY: demo test test-lora-real lab bench-accuracy clean-nbs export
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,13 @@ test: $(VENV)/.dev
 	$(BIN)/nbdev-test --n-workers 2 --timing
 	@echo "== pytest"
 	$(BIN)/python -m pytest -q tests
+
+# LoRA on the real default model (nbs/18_lora's slow cell: minutes on a CPU); not part of `make test`.
+ifeq ($(NO_GPU),1)
+test-lora-real: export TRITON_INTERPRET = 1
+endif
+test-lora-real: $(VENV)/.dev
+	$(BIN)/nbdev-test nbs/18_lora.ipynb --flags slow
 
 export:
 	$(BIN)/nbdev-export

@@ -8,3 +8,6 @@ __all__ = []
 
 # %% ../nbs/09_package.ipynb #c002
 from . import hf as _hf  # registers transformers' "gptq" quantizer backed by gptq_nb (see 13_hf)
+
+# %% ../nbs/09_package.ipynb #c005
+from . import lora as _lora  # QuantLinear's backward (the "grad" backend) and, once peft is imported, PEFT LoRA on QuantLinear (see 18_lora)
