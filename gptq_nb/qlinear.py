@@ -64,6 +64,9 @@ def resolve_backend(module, x):
     if name not in _BACKENDS:
         raise ValueError(f"backend {name!r} is not registered: use 'auto' or one of {available_backends()} "
                          "(the Triton backend registers itself when gptq_nb.kernels imports with triton installed).")
+    if x.requires_grad and torch.is_grad_enabled() and not _BACKENDS[name][2]:
+        raise RuntimeError(f"backend {name!r} has no backward, but the input needs a gradient (training): use "
+                           "backend='auto', which picks a differentiable backend when one is needed, or 'torch'.")
     if not _is_available(_BACKENDS[name][1], module, x):
         raise RuntimeError(f"backend {name!r} can't run this layer ({module.bits}-bit, input on {x.device}, {x.dtype}): "
                            "use backend='auto' to fall back to 'torch'.")
