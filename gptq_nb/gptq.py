@@ -58,6 +58,26 @@ def processing_order(h_diag, K:int, group_size:int, desc_act:bool, act_group_awa
                       for gi in torch.argsort(gmax, descending=True, stable=True).tolist()])
 
 # %% ../nbs/03_gptq.ipynb #c015
+def _solve_setup(W, H, bits:int, group_size:int, sym:bool, desc_act:bool, static_groups:bool, mse:float,
+                 act_group_aware:bool):
+    """What every solver does before its column loop, on fresh copies `W` `[N, K]` and `H`: dead inputs zeroed,
+    static grids fixed, columns ordered. Returns (W, H) in processing order, the grids, `perm` (or None), the original
+    column at each position, each position's group and the group sizes."""
+    N, K = W.shape
+    g, G = (K if group_size == -1 else group_size), n_groups(K, group_size)
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1; W[:, dead] = 0
+    scales, zeros = (torch.zeros(G, N, dtype=W.dtype, device=W.device) for _ in range(2))
+    if static_groups:
+        for gi in range(G):
+            s, z = grid_params(W[:, gi*g:(gi+1)*g], bits, sym, mse); scales[gi], zeros[gi] = s[:, 0], z[:, 0]
+    perm = processing_order(torch.diag(H), K, g, desc_act, act_group_aware)
+    if perm is not None: W, H = W[:, perm], H[perm][:, perm]
+    # group of each processing position: by position under act-order, else the original column's group
+    natural = torch.arange(K) if perm is None else perm.cpu()
+    gpos = (torch.arange(K) // g if desc_act and not static_groups else natural // g).tolist()
+    return W, H, scales, zeros, perm, natural, gpos, torch.bincount(torch.tensor(gpos), minlength=G).tolist()
+
 def gptq_reference(W, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act:bool=False,
                    static_groups:bool=False, damp_percent:float=0.01, mse:float=0.0, blocksize:int=128,
                    dtype=torch.float32, rtn:bool=True, act_group_aware:bool=False):
@@ -72,19 +92,9 @@ def gptq_reference(W, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act
     maxq, g = 2 ** bits - 1, (K if group_size == -1 else group_size)
     W0, H0 = W, H
     W, H = W.to(dtype).clone(), H.to(W.device, dtype).clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1; W[:, dead] = 0
-    G = n_groups(K, group_size)
-    scales, zeros = torch.zeros(G, N, dtype=dtype, device=W.device), torch.zeros(G, N, dtype=dtype, device=W.device)
-    if static_groups:
-        for gi in range(G):
-            s, z = grid_params(W[:, gi*g:(gi+1)*g], bits, sym, mse); scales[gi], zeros[gi] = s[:, 0], z[:, 0]
-    perm = processing_order(torch.diag(H), K, g, desc_act, act_group_aware)
-    if perm is not None: W, H = W[:, perm], H[perm][:, perm]
-    # group of each processing position: by position under act-order, else the original column's group
-    natural = torch.arange(K) if perm is None else perm.cpu()
-    gpos = (torch.arange(K) // g if desc_act and not static_groups else natural // g).tolist()
-    gsize = torch.bincount(torch.tensor(gpos), minlength=G).tolist()
+    W, H, scales, zeros, perm, natural, gpos, gsize = _solve_setup(W, H, bits, group_size, sym, desc_act, static_groups,
+                                                                   mse, act_group_aware)
+    G = len(gsize)
     U, damp = inverse_cholesky(H, damp_percent)
     del H
     Wt = W.T.contiguous()                  # [K, N]: each column of W is a contiguous row here
@@ -214,18 +224,9 @@ def gptq_quantize_many(Ws:list, H, bits:int=4, group_size:int=128, sym:bool=True
     maxq, g, N = 2 ** bits - 1, (K if group_size == -1 else group_size), sum(Ns)
     W = torch.cat([w.to(dtype) for w in Ws]) if len(Ws) > 1 else Ws[0].to(dtype).clone()
     H0, H = H, H.to(dev, dtype).clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1; W[:, dead] = 0
-    G = n_groups(K, group_size)
-    scales, zeros = torch.zeros(G, N, dtype=dtype, device=dev), torch.zeros(G, N, dtype=dtype, device=dev)
-    if static_groups:
-        for gi in range(G):
-            s, z = grid_params(W[:, gi*g:(gi+1)*g], bits, sym, mse); scales[gi], zeros[gi] = s[:, 0], z[:, 0]
-    perm = processing_order(torch.diag(H), K, g, desc_act, act_group_aware)
-    if perm is not None: W, H = W[:, perm], H[perm][:, perm]
-    natural = torch.arange(K) if perm is None else perm.cpu()
-    gpos = (torch.arange(K) // g if desc_act and not static_groups else natural // g).tolist()
-    gsize = torch.bincount(torch.tensor(gpos), minlength=G).tolist()
+    W, H, scales, zeros, perm, natural, gpos, gsize = _solve_setup(W, H, bits, group_size, sym, desc_act, static_groups,
+                                                                   mse, act_group_aware)
+    G = len(gsize)
     U, damp = inverse_cholesky(H, damp_percent)
     del H
     Wt = W.T.contiguous(); del W              # [K, N]: each column of W is a contiguous row here
