@@ -133,7 +133,7 @@ class QuantLinear(nn.Module):
         K, N = linear_shape(linear)
         if tuple(qw.codes.shape) != (N, K):
             raise ValueError(f"gptq_result codes have shape {tuple(qw.codes.shape)} but the layer is [out={N}, in={K}].")
-        return cls.from_quantized_weight(qw, linear.bias, checkpoint_format, backend)
+        return cls.from_quantized_weight(qw, linear.bias, checkpoint_format, backend).to(linear.weight.device)  # quantize keeps results on the CPU
 
     def to_quantized_weight(self):
         "Unpack into a `QuantizedWeight` (codes `[N, K]`, float32 scales/zeros)."
