@@ -326,6 +326,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'gptq_nb.lora._float_linear': ('lora.html#_float_linear', 'gptq_nb/lora.py'),
                               'gptq_nb.lora._install_on_import': ('lora.html#_install_on_import', 'gptq_nb/lora.py'),
                               'gptq_nb.lora._is_ours': ('lora.html#_is_ours', 'gptq_nb/lora.py'),
+                              'gptq_nb.lora._keep_expert_targets': ('lora.html#_keep_expert_targets', 'gptq_nb/lora.py'),
                               'gptq_nb.lora._layer_class': ('lora.html#_layer_class', 'gptq_nb/lora.py'),
                               'gptq_nb.lora._natural': ('lora.html#_natural', 'gptq_nb/lora.py'),
                               'gptq_nb.lora._needs_grad': ('lora.html#_needs_grad', 'gptq_nb/lora.py'),

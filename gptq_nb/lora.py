@@ -4,12 +4,13 @@
 
 # %% ../nbs/18_lora.ipynb #c002
 from __future__ import annotations
-import dataclasses, importlib.abc, importlib.util, os, sys, weakref
+import dataclasses, importlib.abc, importlib.util, inspect, os, sys, weakref
 from types import SimpleNamespace
 import torch
 from torch import nn
 from .qlinear import (QuantLinear, MergedProjection, ProjectionPart, AUTO_ORDER, register_backend,
                              resolve_backend, dequantize_weight, unmerge_projections, pack_model, _set_module)
+from .experts import has_unfused_experts
 
 # %% auto #0
 __all__ = ['BACKWARD_TILE', 'MERGE_REFUSED', 'dequantize_columns', 'grad_input', 'QuantLinearGrad', 'grad_forward',
@@ -184,10 +185,26 @@ def register(config):
     config._register_custom_module({t: _layer_class() for t in _SLOTS})
     return config
 
+def _keep_expert_targets():
+    "PEFT maps v4 MoE names (`gate_proj`, `w1`) onto transformers 5's fused expert parameters; unfused experts keep them."
+    try: from peft.utils import transformers_weight_conversion as twc
+    except ImportError: return
+    def unless_unfused(name, skipped):   # PEFT imports these where it calls them, so wrapping the module's names suffices
+        f = getattr(twc, name, None)
+        if f is None or getattr(f, "_gptq_nb", False): return
+        sig = inspect.signature(f)
+        def wrapper(*args, **kwargs):
+            a = sig.bind(*args, **kwargs).arguments
+            return skipped(a) if has_unfused_experts(a["model"]) else f(*args, **kwargs)
+        wrapper._gptq_nb = True; setattr(twc, name, wrapper)
+    unless_unfused("convert_peft_config_for_transformers", lambda a: None)   # the targets name real modules already
+    unless_unfused("convert_peft_adapter_state_dict_for_transformers", lambda a: a["adapter_state_dict"])
+
 def install_peft() -> bool:
     "Make every PEFT `LoraConfig` know gptq_nb's layers (idempotent); False if peft is not installed."
     try: from peft import LoraConfig
     except ImportError: return False
+    _keep_expert_targets()
     post = LoraConfig.__post_init__
     if getattr(post, "_gptq_nb", False): return True
     def __post_init__(self, *args, **kwargs):
