@@ -17,9 +17,10 @@ def launched() -> bool:
     "Whether a launcher (`torchrun`) started this process as one of several ranks (`WORLD_SIZE` > 1)."
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
-def init(backend:str|None=None, timeout:float=1800.0) -> "Ranks":
-    "Join the process group `torchrun` describes (`env://`) and return its `Ranks`: NCCL, one GPU per `LOCAL_RANK`, when there are GPUs; else gloo."
+def init(backend:str|None=None, timeout:float|None=None) -> "Ranks":
+    "Join the process group `torchrun` describes (`env://`) and return its `Ranks`: NCCL, one GPU per `LOCAL_RANK`, when there are GPUs; else gloo. `timeout`: seconds a rank waits at a collective (default `$GPTQ_NB_TIMEOUT` or 1800)."
     if not dist.is_initialized():
+        timeout = float(timeout or os.environ.get("GPTQ_NB_TIMEOUT", 1800))
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         if backend == "nccl":
             n = torch.cuda.device_count(); lr = int(os.environ.get("LOCAL_RANK", 0))

@@ -1,6 +1,6 @@
 """One rank of tests/test_distributed.py's jobs (started by torchrun, or as a plain process with torchrun's variables):
 quantize a tiny random Llama with `parallel=Ranks()` and write what it got to OUT/rank{R}.safetensors (rank 0: the
-report and the stored Hessians too). FAIL_RANK=r makes rank r raise after its third layer; CFG is QuantizeConfig JSON."""
+report and the stored Hessians too). FAIL_RANK=r makes rank r raise after its third layer; CFG is QuantizeConfig JSON; N the number of windows."""
 import json, os, sys
 import torch
 from safetensors.torch import save_file
@@ -41,4 +41,4 @@ def run(out: str, cfg: dict, fail_rank: int = -1, n: int = 12):
 
 
 if __name__ == "__main__":
-    run(sys.argv[1], json.loads(os.environ.get("CFG", "{}")), int(os.environ.get("FAIL_RANK", "-1")))
+    run(sys.argv[1], json.loads(os.environ.get("CFG", "{}")), int(os.environ.get("FAIL_RANK", "-1")), int(os.environ.get("N", "12")))

@@ -110,21 +110,33 @@ def _free_port():
         s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
 
-def test_failing_rank_stops_every_rank(tmp_path):
-    "Rank 1 raises in the middle of block 0; rank 0, waiting for it at a collective, stops with an error saying so. Plain processes (no torchrun to kill the others): the ranks themselves must not hang."
+def _plain_ranks(tmp_path, envs: list):
+    "Start one worker per env as the ranks of a job, without torchrun (nobody kills the others); `[(returncode, stderr)]`."
     port, procs = _free_port(), []
-    for r in range(2):
-        env = _env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), FAIL_RANK="1")
+    for r, extra in enumerate(envs):
+        env = _env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(len(envs)), LOCAL_WORLD_SIZE=str(len(envs)),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **extra)
         procs.append(subprocess.Popen([sys.executable, str(WORKER), str(tmp_path)], env=env, cwd=ROOT,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = []
     try:
-        for p in procs: outs.append(p.communicate(timeout=TIMEOUT))
+        for p in procs: outs.append(p.communicate(timeout=TIMEOUT))   # a hang fails here, after TIMEOUT
     finally:
         for p in procs:
             if p.poll() is None: p.kill()
-    assert [p.returncode != 0 for p in procs] == [True, True], outs
-    assert "injected failure on rank 1" in outs[1][1], outs[1][1][-3000:]
-    assert "Another rank stopped" in outs[0][1] and "gptq_nb rank 0 of 2" in outs[0][1], outs[0][1][-3000:]
+    return [(p.returncode, o[1]) for p, o in zip(procs, outs)]
+
+
+def test_failing_rank_stops_every_rank(tmp_path):
+    "Rank 1 raises in the middle of block 0; rank 0, waiting for it at a collective, stops with an error saying so."
+    (rc0, err0), (rc1, err1) = _plain_ranks(tmp_path, [dict(FAIL_RANK="1")] * 2)
+    assert rc0 != 0 and rc1 != 0, (err0[-3000:], err1[-3000:])
+    assert "injected failure on rank 1" in err1, err1[-3000:]
+    assert "Another rank stopped" in err0 and "gptq_nb rank 0 of 2" in err0, err0[-3000:]
     assert not (tmp_path / "rank0.safetensors").exists()
+
+
+def test_ranks_with_different_data_refuse(tmp_path):
+    "Ranks that loaded different calibration sets would run and write nonsense: every rank refuses, naming the problem."
+    res = _plain_ranks(tmp_path, [dict(N="12"), dict(N="11")])
+    for rc, err in res: assert rc != 0 and "different calibration data or model shapes" in err, err[-3000:]
