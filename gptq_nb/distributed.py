@@ -100,12 +100,13 @@ Ranks.shard = _shard
 def _hessian(self, H:Hessian) -> Hessian:
     "Hook: `H` made the Hessian of all ranks' tokens: the sums `n·H` and the counts `n`, all-reduced."
     if self.world == 1: return H
-    S = (H.H * H.n).to(self.device)               # 2·Σxxᵀ over this rank's tokens
+    home = H.H.device   # 2·Σxxᵀ over this rank's tokens: in place where it can be (a 70B down_proj's H is 3.3 GB)
+    S = H.H.mul_(H.n) if home == self.device else (H.H * H.n).to(self.device)
     n = torch.tensor([H.n], dtype=torch.int64, device=self.device)
     self._c(f"summing the Hessian of {H.name}", dist.all_reduce, S)
     self._c(f"summing the token count of {H.name}", dist.all_reduce, n)
     H.n = int(n)
-    H.H = (S / max(H.n, 1)).to(H.H.device)
+    H.H = S.div_(max(H.n, 1)).to(home)
     return H
 Ranks.hessian = _hessian
 
@@ -156,19 +157,38 @@ def _share(self, obj, src:int, device, what:str):
 Ranks.share = _share
 
 # %% ../nbs/19_distributed.ipynb #d018
+@dataclasses.dataclass
+class _Failed:
+    "An error raised while solving on the rank that owns the job: sent in place of the results."
+    error: BaseException
+
+def _picklable(e:BaseException) -> BaseException:
+    import pickle
+    try: pickle.loads(pickle.dumps(e)); return e
+    except Exception: return RuntimeError(f"{type(e).__name__}: {e}")
+
 def _solve(self, jobs:list, fn) -> list:
-    "Hook: each job `(names, Ws, cfg)` split among the ranks by `assign`; each rank solves its share with `fn`, then every share is broadcast from its owner, in a fixed order, so every rank returns all results."
+    "Hook: each job `(names, Ws, cfg)` split among the ranks by `assign`; each rank solves its share with `fn`, then every share is broadcast from its owner, in a fixed order, so every rank returns all results — or raises the owner's error."
     if self.world == 1: return [fn(*j) for j in jobs]
     owner = assign([[tuple(W.shape) for W in Ws] for _, Ws, _ in jobs], self.world)
-    mine = {}
+    mine, failed = {}, None
     for j, (names, Ws, cfg) in enumerate(jobs):   # this rank's work first: the ranks solve at the same time
         idx = [i for i, r in enumerate(owner[j]) if r == self.rank]
-        if idx: mine[j] = fn([names[i] for i in idx], [Ws[i] for i in idx], cfg)
+        if not idx: continue
+        if failed is None:
+            try: mine[j] = fn([names[i] for i in idx], [Ws[i] for i in idx], cfg)
+            except Exception as e: failed = _Failed(_picklable(e))
+        if failed is not None: mine[j] = failed   # the others still expect a share from this rank
     out = [[None] * len(Ws) for _, Ws, _ in jobs]
     for j, (names, Ws, cfg) in enumerate(jobs):
         for r in sorted(set(owner[j])):
             idx = [i for i, o in enumerate(owner[j]) if o == r]
             res = self.share(mine.get(j), r, Ws[0].device, ", ".join(names[i] for i in idx))
+            if isinstance(res, _Failed):   # every rank stops here, at the same share, with the same error
+                err = res.error
+                if self.rank != r and hasattr(err, "add_note"):   # Python 3.11+
+                    err.add_note(f"(raised on rank {r} while solving {', '.join(names[i] for i in idx)})")
+                raise err
             for i, x in zip(idx, res): out[j][i] = x
     return out
 Ranks.solve = _solve

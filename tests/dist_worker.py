@@ -1,6 +1,7 @@
 """One rank of tests/test_distributed.py's jobs (started by torchrun, or as a plain process with torchrun's variables):
 quantize a tiny random Llama with `parallel=Ranks()` and write what it got to OUT/rank{R}.safetensors (rank 0: the
-report and the stored Hessians too). FAIL_RANK=r makes rank r raise after its third layer; CFG is QuantizeConfig JSON; N the number of windows."""
+report and the stored Hessians too). FAIL_RANK=r makes rank r raise after its third layer,
+FAIL_SOLVE=name makes the solver raise on that linear; CFG is QuantizeConfig JSON; N the number of windows."""
 import json, os, sys
 import torch
 from safetensors.torch import save_file
@@ -22,6 +23,13 @@ def run(out: str, cfg: dict, fail_rank: int = -1, n: int = 12):
     ranks = distributed.init() if distributed.launched() else None
     rank = ranks.rank if ranks else 0
     m = tiny_causal_lm("llama")
+    if os.environ.get("FAIL_SOLVE"):   # the solver fails on this linear, on whichever rank solves it
+        import gptq_nb.quantize as q
+        solve = q.gptq_quantize_many
+        def failing(Ws, H, *a, names=None, **kw):
+            if os.environ["FAIL_SOLVE"] in (names or []): raise torch.linalg.LinAlgError(f"injected solver failure in {os.environ['FAIL_SOLVE']}")
+            return solve(Ws, H, *a, names=names, **kw)
+        q.gptq_quantize_many = failing
 
     def callback(row, report):
         if rank == fail_rank and len(report.rows) == 3: raise RuntimeError(f"injected failure on rank {rank}")

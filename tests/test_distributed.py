@@ -136,6 +136,13 @@ def test_failing_rank_stops_every_rank(tmp_path):
     assert not (tmp_path / "rank0.safetensors").exists()
 
 
+def test_solver_error_raised_on_every_rank(tmp_path):
+    "A solve that fails on the rank that owns the linear: every rank raises that error (not a lost connection)."
+    res = _plain_ranks(tmp_path, [dict(FAIL_SOLVE="model.layers.0.mlp.up_proj")] * 2)
+    for rc, err in res: assert rc != 0 and "LinAlgError: injected solver failure in model.layers.0.mlp.up_proj" in err, err[-3000:]
+    assert sum("raised on rank" in err for _, err in res) == 1   # the rank that didn't solve it says where it came from
+
+
 def test_ranks_with_different_data_refuse(tmp_path):
     "Ranks that loaded different calibration sets would run and write nonsense: every rank refuses, naming the problem."
     res = _plain_ranks(tmp_path, [dict(N="12"), dict(N="11")])
