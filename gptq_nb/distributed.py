@@ -90,7 +90,7 @@ def _shard(self, batches:list, blocks) -> list:
     "Hook: this rank's calibration batches, after checking that all ranks quantize the same thing."
     moe = [f"block {bi}: {', '.join(e)}" for bi, b in enumerate(blocks) if (e := find_experts(b))]
     if moe and self.world > 1:   # routed tokens differ between ranks, so their experts would solve different stages
-        raise NotImplementedError(f"quantizing mixture-of-experts blocks ({moe[0]}) over several ranks is not supported "
+        raise ValueError(f"quantizing mixture-of-experts blocks ({moe[0]}) over several ranks is not supported "
                                   "yet: run it in one process.")
     self.agree(_fingerprint(batches, blocks), "calibration data or model shapes")
     return shard_batches(batches, self.rank, self.world)
@@ -99,14 +99,14 @@ Ranks.shard = _shard
 # %% ../nbs/19_distributed.ipynb #d012
 def _hessian(self, H:Hessian) -> Hessian:
     "Hook: `H` made the Hessian of all ranks' tokens: the sums `n·H` and the counts `n`, all-reduced."
-    if self.world == 1: return H
+    if self.world == 1 or getattr(H, "reduced", False): return H   # a Hessian two stages share is summed once
     home = H.H.device   # 2·Σxxᵀ over this rank's tokens: in place where it can be (a 70B down_proj's H is 3.3 GB)
     S = H.H.mul_(H.n) if home == self.device else (H.H * H.n).to(self.device)
     n = torch.tensor([H.n], dtype=torch.int64, device=self.device)
     self._c(f"summing the Hessian of {H.name}", dist.all_reduce, S)
     self._c(f"summing the token count of {H.name}", dist.all_reduce, n)
     H.n = int(n)
-    H.H = S.div_(max(H.n, 1)).to(home)
+    H.H, H.reduced = S.div_(max(H.n, 1)).to(home), True
     return H
 Ranks.hessian = _hessian
 
