@@ -71,14 +71,20 @@ def cmd_quantize(a) -> dict:
     from gptq_nb.data import get_calibration
     from gptq_nb.quantize import quantize
     from gptq_nb.io import save_quantized
+    from gptq_nb.distributed import launched, init
+    ranks = init() if launched() else None     # started by torchrun: one rank of several (notebook 19)
     cfg = config_from_args(a)
     model, tok = load_model(a.model)
-    print(f"quantizing {a.model} with {cfg.to_dict()}", flush=True)
+    if ranks is None or ranks.rank == 0: print(f"quantizing {a.model} with {cfg.to_dict()}", flush=True)
     cal = get_calibration(a.calibration, tok, n_samples=a.n_samples, seqlen=a.seqlen)
     t0 = time.perf_counter()
-    report = quantize(model, cal, cfg, **({"device": a.device} if a.device else {}))
+    device = a.device or (ranks.device if ranks is not None else None)
+    report = quantize(model, cal, cfg, parallel=ranks, **({"device": device} if device else {}))
     secs = time.perf_counter() - t0
+    if ranks is not None and ranks.rank != 0:  # rank 0 writes; the others wait until the checkpoint is in place
+        ranks.finish(); return dict(rank=ranks.rank, seconds=secs, layers=len(report.rows))
     path = save_quantized(model, a.out, config=cfg, tokenizer=tok, report=report)
+    if ranks is not None: ranks.finish()
     t = report.table
     print(f"{len(t)} layers quantized in {secs:.0f} s; GPTQ/RTN proxy loss {t.loss.sum() / t.rtn_loss.sum():.3f} "
           f"(worst layer {t.loss_ratio.max():.3f}, {t.name[t.loss_ratio.idxmax()]}); checkpoint: {path}")

@@ -18,8 +18,8 @@ from .model import probe_block, find_experts, find_routers, expert_of, unpackabl
 from .experts import MoEExperts, unfuse_experts, planned_expert_linears
 
 # %% auto #0
-__all__ = ['MIN_CALIBRATION_TOKENS', 'QuantReport', 'layer_record', 'calibration_batches', 'quantize_block', 'plan_layers',
-           'with_skips', 'expert_table', 'quantize']
+__all__ = ['MIN_CALIBRATION_TOKENS', 'QuantReport', 'layer_record', 'calibration_batches', 'SingleProcess', 'quantize_block',
+           'plan_layers', 'with_skips', 'expert_table', 'quantize']
 
 # %% ../nbs/05_quantize.ipynb #c005
 class QuantReport:
@@ -136,20 +136,28 @@ def _finish_linear(ctx, full:str, bi:int, module:str, stage:int, mod, W, H:Hessi
     ctx["report"].rows.append(row); ctx["report"].layers[full] = tensors
     if ctx["callback"] is not None: ctx["callback"](row, ctx["report"])
 
+class SingleProcess:
+    "`quantize`'s default `parallel`: this process does everything. `gptq_nb.distributed.Ranks` overrides the three hooks."
+    rank, world = 0, 1
+    def shard(self, batches:list, blocks): return batches     # hook: the calibration batches this process runs
+    def hessian(self, H:Hessian): return H                    # hook: a stage's Hessian, reduced over the processes
+    def solve(self, jobs:list, fn): return [fn(*j) for j in jobs]  # hook: who solves which `(names, Ws, cfg)`; every process gets all results
+
 def _solve_linears(ctx, bi:int, stage:int, items:list, H:Hessian, extra:dict|None=None):
     "Solve linears `[(full name, name in block, module)]` that read one input (Hessian `H`); those with the same config in one solve. `extra`: fields for their report rows (experts)."
     groups = {}
     for full, module, mod in items:
         lcfg = ctx["config"].for_module(full)
         if lcfg is not None: groups.setdefault(repr(sorted(lcfg.core_dict().items())), []).append((full, lcfg))
-    done = {}
+    par = ctx.get("parallel") or SingleProcess()
+    H, done, jobs = par.hessian(H), {}, []
+    mods = {full: mod for full, _, mod in items}
     for group in groups.values():
-        lcfg, names = group[0][1], [full for full, _ in group]
-        mods = {full: mod for full, _, mod in items}
-        Ws = [linear_weight(mods[n]).detach().to(torch.float32, copy=True) for n in names]  # copies: weights are overwritten
-        res = gptq_quantize_many(Ws, H.H, lcfg.bits, lcfg.group_size, lcfg.sym, lcfg.desc_act, lcfg.static_groups,
-                                 lcfg.damp_percent, lcfg.mse, lcfg.blocksize, act_group_aware=lcfg.act_group_aware,
-                                 names=names)
+        names = [full for full, _ in group]
+        jobs.append((names, [linear_weight(mods[n]).detach().to(torch.float32, copy=True) for n in names], group[0][1]))  # copies: weights are overwritten
+    solve = lambda names, Ws, lcfg: gptq_quantize_many(Ws, H.H, lcfg.bits, lcfg.group_size, lcfg.sym, lcfg.desc_act,
+        lcfg.static_groups, lcfg.damp_percent, lcfg.mse, lcfg.blocksize, act_group_aware=lcfg.act_group_aware, names=names)
+    for (names, Ws, lcfg), res in zip(jobs, par.solve(jobs, solve)):
         done.update({n: (W, r, lcfg) for n, W, r in zip(names, Ws, res)})
     for full, module, mod in items:   # report rows in the block's order, whatever the grouping
         if full in done:
@@ -377,6 +385,7 @@ def quantize(model:nn.Module,            # a Hugging Face causal LM (modified in
              min_expert_tokens:int=MIN_CALIBRATION_TOKENS,  # MoE: an expert routed fewer tokens takes `expert_fallback`
              expert_fallback:str="all_tokens",  # "all_tokens" (Hessian of every token through it) or "rtn"
              min_coverage:float=0.5,     # refuse if less than this fraction of the blocks' weights would be quantized
+             parallel=None,              # `gptq_nb.distributed.Ranks()`: share the work among torch.distributed processes
             ) -> QuantReport:
     "Quantize `model`'s decoder blocks (and `lm_head` if `config.lm_head`) with GPTQ; returns the per-layer report."
     config = config or QuantizeConfig()
@@ -385,6 +394,9 @@ def quantize(model:nn.Module,            # a Hugging Face causal LM (modified in
     prefix, blocks = find_blocks(model)
     pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
     batches, n_tok = calibration_batches(calibration, config.batch_size, tokenizer, pad_id)
+    par = parallel or SingleProcess()
+    mine = par.shard(batches, blocks)   # this process's calibration windows (all of them in one process)
+    if par.rank != 0: progress, store_dir = False, None   # one progress bar, one writer
     for n, p in model.named_parameters():
         if not torch.isfinite(p).all():
             raise ValueError(f"{n} contains NaN/Inf: the checkpoint is damaged or overflowed when loaded; reload it "
@@ -400,11 +412,12 @@ def quantize(model:nn.Module,            # a Hugging Face causal LM (modified in
     report = QuantReport(config, summary=dict(model=getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__,
                                               blocks=len(blocks), calibration_samples=sum(len(b[0]) for b in batches),
                                               calibration_tokens=n_tok, device=str(device), coverage=coverage))
-    caps = capture_block_inputs(model, batches, device)
+    caps = capture_block_inputs(model, mine, device)
     for bi in tqdm(range(len(blocks)), desc="GPTQ blocks", disable=not progress):
         block = blocks[bi]; home = next(block.parameters()).device
         block.to(device)
-        ctx = dict(block=block, config=qconfig, report=report, prefix=prefix, callback=callback, store_dir=store_dir, moe=moe)
+        ctx = dict(block=block, config=qconfig, report=report, prefix=prefix, callback=callback, store_dir=store_dir, moe=moe,
+                   parallel=par)
         stages, groups = _prepare_block(ctx, bi, caps[0])
         outs = quantize_block(ctx, bi, caps, stages, groups)
         _finish_block(ctx, bi, stages, skip)
@@ -415,7 +428,7 @@ def quantize(model:nn.Module,            # a Hugging Face causal LM (modified in
                                          "bfloat16 or float32.")
             c["hidden"] = o
         block.to(home)
-    if config.lm_head: _quantize_lm_head(model, batches, config, report, device)
+    if config.lm_head: _quantize_lm_head(model, mine, config, report, device, par)
     model.gptq_config = report.config = with_skips(config, skip)   # what was left in full precision, for the loaders
     report.summary["kept_full_precision"] = dict(skip)
     report.summary["coverage"] = sum(r["in_features"] * r["out_features"] for r in report.rows if r["block"] >= 0) / n_params
@@ -439,7 +452,7 @@ def _probe_stages(block, cap, bi):
 
 # %% ../nbs/05_quantize.ipynb #c020
 @torch.no_grad()
-def _quantize_lm_head(model, batches, config, report, device):
+def _quantize_lm_head(model, batches, config, report, device, parallel=None):
     head = model.get_output_embeddings()
     if head is None or not isinstance(head, nn.Linear): raise ValueError("lm_head=True but the model has no linear output head.")
     if head.weight is model.get_input_embeddings().weight:
@@ -454,5 +467,5 @@ def _quantize_lm_head(model, batches, config, report, device):
                 try: model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
                 except StopForward: pass
         finally: stop.remove()
-    ctx = dict(config=config, report=report, callback=None, store_dir=None)
+    ctx = dict(config=config, report=report, callback=None, store_dir=None, parallel=parallel)
     _solve_linear(ctx, "lm_head", -1, "lm_head", 0, head, hh.hessian_for("lm_head"))
