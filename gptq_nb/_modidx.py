@@ -35,6 +35,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                         'gptq_nb.dashboard.core.Panel._repr_mimebundle_': ( 'dashboard.html#panel._repr_mimebundle_',
                                                                                             'gptq_nb/dashboard/core.py'),
                                         'gptq_nb.dashboard.core.Panel.timed': ('dashboard.html#panel.timed', 'gptq_nb/dashboard/core.py'),
+                                        'gptq_nb.dashboard.core._figure_widget': ( 'dashboard.html#_figure_widget',
+                                                                                   'gptq_nb/dashboard/core.py'),
                                         'gptq_nb.dashboard.core._json_safe': ('dashboard.html#_json_safe', 'gptq_nb/dashboard/core.py'),
                                         'gptq_nb.dashboard.core._layer_names': ('dashboard.html#_layer_names', 'gptq_nb/dashboard/core.py'),
                                         'gptq_nb.dashboard.core._layers': ('dashboard.html#_layers', 'gptq_nb/dashboard/core.py'),

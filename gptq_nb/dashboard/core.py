@@ -121,13 +121,29 @@ def want_static(static:bool|None=None):
     except ImportError: return True
     return False
 
+_FIGURE_WIDGET = None
+
+def _figure_widget(fig):
+    "A plotly `FigureWidget` of `fig` whose widget channel opens with its data and layout already in its state."
+    global _FIGURE_WIDGET
+    if _FIGURE_WIDGET is None:
+        import plotly.graph_objects as go
+        class FigureWidget(go.FigureWidget):
+            _complete = False
+            def open(self):
+                if self._complete: super().open()   # plotly's constructor calls this before the figure has any data
+            def __init__(self, *a, **k):
+                super().__init__(*a, **k); self._complete = True; self.open()
+        _FIGURE_WIDGET = FigureWidget
+    return _FIGURE_WIDGET(fig)
+
 class LiveFigure:
     "A plotly figure kept up to date: a `FigureWidget` (`widget` is the figure) or a static figure in an `Output`."
     def __init__(self, fig, static:bool|None=None):
         W, go = _ui()
         self.static = want_static(static)
         if not self.static:
-            try: self.fig = self.widget = go.FigureWidget(fig)
+            try: self.fig = self.widget = _figure_widget(fig)
             except Exception as e:  # a frontend/environment that can't host the widget: fall back, say why
                 import warnings
                 warnings.warn(f"plotly FigureWidget unavailable ({type(e).__name__}: {e}); using static figures.")

@@ -50,15 +50,15 @@ def _strip_figure(go):
                                  xaxis=dict(title="block", **block_axis([])), yaxis=dict(autorange="reversed")))
 
 # %% ../../nbs/41_dashboard_explorer.ipynb #c011
-GROUP_NOTE = ("GPTQ minimises output error tr(ΔW·H·ΔWᵀ), not weight error:<br>its weight error per group is often "
-              "higher than RTN's (see proxy loss)")
+GROUP_NOTE = ("<br><sup>GPTQ minimises output error, not weight error: its bars are often the higher ones "
+              "(see proxy loss)</sup>")
 DETAIL_AXES = {(1, 1): ("input column (pooled)", "output row (pooled)"), (1, 2): ("group of inputs", "‖ΔW_g‖ / ‖W_g‖"),
                (2, 1): ("input column", "H diagonal (log)"), (2, 2): ("method", "proxy loss")}
 
 def _detail_figure(go):
     "One layer's 2 × 2 detail: pooled error map, per-group error (GPTQ vs RTN), Hessian diagonal, the two losses."
     from plotly.subplots import make_subplots
-    det = make_subplots(2, 2, subplot_titles=("|W − Ŵ| (pooled, rows = outputs)", "relative weight error per group",
+    det = make_subplots(2, 2, subplot_titles=("|W − Ŵ| (pooled, rows = outputs)", "relative weight error per group" + GROUP_NOTE,
                                               "Hessian diagonal (input importance)", "proxy loss (what GPTQ minimises)"),
                         vertical_spacing=0.2, horizontal_spacing=0.2)
     det.add_trace(go.Heatmap(colorscale="Magma", colorbar=dict(len=0.4, y=0.8, x=0.41, thickness=10)), 1, 1)
@@ -71,8 +71,6 @@ def _detail_figure(go):
     for (r, c), (xt, yt) in DETAIL_AXES.items(): det.update_xaxes(title_text=xt, row=r, col=c); det.update_yaxes(title_text=yt, row=r, col=c)
     det.update_yaxes(type="log", row=2, col=1); det.update_yaxes(autorange="reversed", row=1, col=1)
     det.update_xaxes(type="category", row=2, col=2)
-    det.add_annotation(text=GROUP_NOTE, showarrow=False, xref="x2 domain", yref="y2 domain", x=0.5, y=1.02,
-                       xanchor="center", yanchor="bottom", font=dict(size=9, color="#555"))
     return det
 
 def _fill_detail(fig, L:dict, row):
