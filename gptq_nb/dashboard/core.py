@@ -124,16 +124,22 @@ def want_static(static:bool|None=None):
 _FIGURE_WIDGET = None
 
 def _figure_widget(fig):
-    "A plotly `FigureWidget` of `fig` whose widget channel opens with its data and layout already in its state."
+    "A plotly `FigureWidget` of `fig` whose widget channel opens only at `open_complete()`, with the figure as it is then."
     global _FIGURE_WIDGET
-    if _FIGURE_WIDGET is None:
-        import plotly.graph_objects as go
+    import plotly.graph_objects as go
+    if _FIGURE_WIDGET is None or _FIGURE_WIDGET.__bases__[0] is not go.FigureWidget:   # built once per plotly class
+        from copy import deepcopy
         class FigureWidget(go.FigureWidget):
             _complete = False
             def open(self):
                 if self._complete: super().open()   # plotly's constructor calls this before the figure has any data
-            def __init__(self, *a, **k):
-                super().__init__(*a, **k); self._complete = True; self.open()
+            def open_complete(self):
+                "Open the channel now, its first message carrying the current data and layout; returns the widget."
+                if not self._complete:
+                    self._widget_layout, self._widget_data = deepcopy(self._layout_obj._props), deepcopy(self._data)
+                    self._complete = True; self.open()
+                return self
+            def _repr_mimebundle_(self, *a, **k): return self.open_complete() and super()._repr_mimebundle_(*a, **k)
         _FIGURE_WIDGET = FigureWidget
     return _FIGURE_WIDGET(fig)
 
@@ -143,17 +149,28 @@ class LiveFigure:
         W, go = _ui()
         self.static = want_static(static)
         if not self.static:
-            try: self.fig = self.widget = _figure_widget(fig)
+            try: self.fig = _figure_widget(fig)
             except Exception as e:  # a frontend/environment that can't host the widget: fall back, say why
                 import warnings
                 warnings.warn(f"plotly FigureWidget unavailable ({type(e).__name__}: {e}); using static figures.")
                 self.static = True
         if self.static:
-            self.fig, self.widget = go.Figure(fig), W.Output()
+            self.fig, self._out = go.Figure(fig), W.Output()
             self.refresh()
 
     @property
+    def widget(self):
+        "What to put in a box: the `Output` of a static figure, else the `FigureWidget`, its channel opened now."
+        return self._out if self.static else self.fig.open_complete()
+
+    @property
     def data(self): return self.fig.data
+
+    def sync(self):
+        "Put the figure as it is now into the widget's state (what plotly does when a figure itself is displayed)."
+        if self.static or not self.fig._complete: return
+        from copy import deepcopy
+        self.fig._widget_layout, self.fig._widget_data = deepcopy(self.fig._layout_obj._props), deepcopy(self.fig._data)
 
     def refresh(self):
         "Show the current figure (a no-op for a `FigureWidget`, which is already in sync)."
@@ -161,8 +178,8 @@ class LiveFigure:
         from IPython import get_ipython
         from IPython.display import display
         if getattr(get_ipython(), "kernel", None) is None: return  # no frontend (tests, scripts): nothing to show
-        self.widget.clear_output(wait=True)
-        with self.widget: display(self.fig)
+        self._out.clear_output(wait=True)
+        with self._out: display(self.fig)
 
 # %% ../../nbs/40_dashboard.ipynb #c020
 class Panel:
@@ -179,7 +196,11 @@ class Panel:
             return out
         return run
 
-    def _repr_mimebundle_(self, **kw): return self.box._repr_mimebundle_(**kw)
+    def _repr_mimebundle_(self, **kw):
+        "Display `box`, first bringing every figure's widget state up to date (changes made since the box was built)."
+        for p in [self, *getattr(self, "panels", {}).values()]:
+            for f in p.figs.values(): f.sync()
+        return self.box._repr_mimebundle_(**kw)
     def __repr__(self): return f"Panel(controls={list(self.controls)}, figs={list(self.figs)})"
 
 # %% ../../nbs/40_dashboard.ipynb #c024

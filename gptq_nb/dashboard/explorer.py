@@ -50,8 +50,7 @@ def _strip_figure(go):
                                  xaxis=dict(title="block", **block_axis([])), yaxis=dict(autorange="reversed")))
 
 # %% ../../nbs/41_dashboard_explorer.ipynb #c011
-GROUP_NOTE = ("<br><sup>GPTQ minimises output error, not weight error: its bars are often the higher ones "
-              "(see proxy loss)</sup>")
+GROUP_NOTE = "<br><sup>GPTQ minimises output error, not weight error</sup>"   # why its bars are often the higher
 DETAIL_AXES = {(1, 1): ("input column (pooled)", "output row (pooled)"), (1, 2): ("group of inputs", "‖ΔW_g‖ / ‖W_g‖"),
                (2, 1): ("input column", "H diagonal (log)"), (2, 2): ("method", "proxy loss")}
 
@@ -129,9 +128,8 @@ def layer_explorer(report, metric:str="loss", log:bool=True, layer:str|None=None
     def draw_detail(*_):
         name, t = c_layer.value, table()
         row = t[t.name == name]
-        with detail.fig.batch_update():
-            _fill_detail(detail.fig, _layers(state["report"]).get(name, {}), row)
-            detail.fig.layout.title.text = name or "no layer yet"
+        with detail.fig.batch_update(): _fill_detail(detail.fig, _layers(state["report"]).get(name, {}), row)
+        detail.fig.layout.title.text = name or "no layer yet"   # its own message: in one update with the data it got lost
         if len(row): info.value = _layer_text(name, row.iloc[0])
         mark_selected(); detail.refresh()
 
@@ -154,10 +152,10 @@ def layer_explorer(report, metric:str="loss", log:bool=True, layer:str|None=None
     c_metric.observe(draw_strip, "value"); c_log.observe(draw_strip, "value"); c_layer.observe(draw_detail, "value")
     if not strip.static: strip.fig.data[0].on_click(lambda trace, pts, _s: select(int(pts.xs[0]), pts.ys[0]) if pts.xs else None)
     P.select, P.update = select, update
+    if layer is not None: c_layer.value = layer
+    update()                                       # drawn first: the widgets' first message carries the drawn figures
     P.box = W.VBox([W.HBox([c_metric, c_log]), strip.widget, W.HBox([c_layer]), info, detail.widget])
     P.box.add_class("gptq-explorer")
-    if layer is not None: c_layer.value = layer
-    update()
     return P
 
 # %% ../../nbs/41_dashboard_explorer.ipynb #c020

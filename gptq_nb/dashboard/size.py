@@ -8,7 +8,7 @@ import html, json, math, os
 from pathlib import Path
 import pandas as pd
 from ..quant import n_groups
-from .core import _ui, as_report, _summary, module_order, axis_labels, LiveFigure, Panel, human_size
+from .core import _ui, as_report, _summary, module_order, axis_labels, LiveFigure, Panel, human_size, _json_safe
 
 # %% auto #0
 __all__ = ['TIME_SUFFIXES', 'NOT_TIMES', 'NO_BENCH', 'packed_bytes', 'size_table', 'find_bench_files', 'load_bench',
@@ -90,7 +90,7 @@ def bench_columns(df):
     "The timing columns of a benchmark table (see above for the unsuffixed millisecond convention)."
     num = [c for c in df.columns if c != "name" and pd.api.types.is_numeric_dtype(df[c])]
     suffixed = [c for c in num if c.endswith(TIME_SUFFIXES)]
-    return suffixed or [c for c in num if "ratio" not in c and c not in NOT_TIMES]
+    return suffixed or [c for c in num if "ratio" not in c and "err" not in c and c not in NOT_TIMES]   # errors are not times
 
 # %% ../../nbs/43_dashboard_size.ipynb #c012
 def _size_figure(go, ppl:dict):
@@ -128,7 +128,7 @@ def _bench_figure(go, bench):
     "Grouped bars of every timing column of `bench`, titled with the card, date, commit and protocol it was measured at."
     cols = bench_columns(bench)
     unit = "" if any(c.endswith(TIME_SUFFIXES) for c in cols) else " (ms)"
-    bfig = go.Figure([go.Bar(name=c + unit, x=list(bench.name), y=list(bench[c])) for c in cols])
+    bfig = go.Figure([go.Bar(name=c + unit, x=list(bench.name), y=_json_safe(bench[c])) for c in cols])  # NaN: a gap
     a = bench.attrs
     bfig.update_layout(title=f"GPU benchmark: {a.get('card', '?')}, {a.get('date', '?')}, commit {a.get('commit', '?')}"
                              + (f", {a['protocol']}" if a.get("protocol") else ""), barmode="group", height=320,
@@ -164,9 +164,9 @@ def speed_size_panel(report, bench=None, static:bool|None=None):
         size.refresh()
 
     info = W.HTML("<br>".join(_size_lines(st, s, ppl)))
-    figs, children = dict(size=size), [c_view, size.widget, info]
+    figs, children = dict(size=size), [c_view, size, info]
     if bench is not None and bench_columns(bench):
-        figs["bench"] = LiveFigure(_bench_figure(go, bench), static); children.append(figs["bench"].widget)
+        figs["bench"] = LiveFigure(_bench_figure(go, bench), static); children.append(figs["bench"])
         a = bench.attrs
         msg = f"Measured on {html.escape(str(a.get('card', 'a GPU')))}; source: {html.escape(str(a.get('source', 'given rows')))}."
     else: msg = NO_BENCH
@@ -174,5 +174,6 @@ def speed_size_panel(report, bench=None, static:bool|None=None):
     P = Panel(None, dict(view=c_view), figs, info=info, sizes=st, bench=bench)
     draw = P.timed("size", draw)
     c_view.observe(draw, "value"); draw()
-    P.box = W.VBox(children); P.box.add_class("gptq-size")
+    P.box = W.VBox([c.widget if isinstance(c, LiveFigure) else c for c in children])   # after the first draw
+    P.box.add_class("gptq-size")
     return P
