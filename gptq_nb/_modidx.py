@@ -502,6 +502,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'gptq_nb.stream.batch_size_for': ('stream.html#batch_size_for', 'gptq_nb/stream.py'),
                                 'gptq_nb.stream.block_tensors': ('stream.html#block_tensors', 'gptq_nb/stream.py'),
                                 'gptq_nb.stream.concat_safetensors': ('stream.html#concat_safetensors', 'gptq_nb/stream.py'),
+                                'gptq_nb.stream.empty_weights': ('stream.html#empty_weights', 'gptq_nb/stream.py'),
                                 'gptq_nb.stream.free_block': ('stream.html#free_block', 'gptq_nb/stream.py'),
                                 'gptq_nb.stream.gpu_budget': ('stream.html#gpu_budget', 'gptq_nb/stream.py'),
                                 'gptq_nb.stream.load_block': ('stream.html#load_block', 'gptq_nb/stream.py'),

@@ -7,7 +7,7 @@ resumes where it stopped with the same result."""
 
 # %% ../nbs/16_stream.ipynb #s002
 from __future__ import annotations
-import hashlib, json, os, shutil, struct, tempfile, threading, time, uuid
+import contextlib, hashlib, json, os, shutil, struct, tempfile, threading, time, uuid
 from dataclasses import replace
 from pathlib import Path
 import torch, torch.nn as nn
@@ -22,9 +22,9 @@ from .quantize import (QuantReport, MIN_CALIBRATION_TOKENS, calibration_batches,
                        with_skips, run_block, _quantize_lm_head, _default_device, _run, _Replay)
 
 # %% auto #0
-__all__ = ['HEADROOM', 'tensor_index', 'read_tensor', 'write_safetensors', 'concat_safetensors', 'load_skeleton', 'load_block',
-           'free_block', 'block_tensors', 'gpu_budget', 'batch_size_for', 'solver_reserve', 'plan_batch_size',
-           'run_settings', 'WorkDir', 'tensor_index_of', 'write_checkpoint', 'quantize_folder']
+__all__ = ['HEADROOM', 'tensor_index', 'read_tensor', 'write_safetensors', 'concat_safetensors', 'empty_weights', 'load_skeleton',
+           'load_block', 'free_block', 'block_tensors', 'gpu_budget', 'batch_size_for', 'solver_reserve',
+           'plan_batch_size', 'run_settings', 'WorkDir', 'tensor_index_of', 'write_checkpoint', 'quantize_folder']
 
 # %% ../nbs/16_stream.ipynb #s005
 _DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
@@ -112,9 +112,25 @@ def _main_float(index:dict):
         if dt.is_floating_point: by[dt] = by.get(dt, 0) + b - a
     return max(by, key=by.get) if by else torch.float32
 
+@contextlib.contextmanager
+def empty_weights():
+    "Parameters created inside go to the meta device, buffers stay real (accelerate's `init_empty_weights`, or the same patch)."
+    try: from accelerate import init_empty_weights
+    except ImportError: init_empty_weights = None
+    if init_empty_weights is not None:
+        with init_empty_weights(): yield
+        return
+    old = nn.Module.register_parameter
+    def register(self, name, param):
+        old(self, name, param)
+        if param is not None:
+            self._parameters[name] = type(param)(param.to("meta"), requires_grad=param.requires_grad)
+    nn.Module.register_parameter = register
+    try: yield
+    finally: nn.Module.register_parameter = old
+
 def load_skeleton(folder, dtype=None):
     "`(model, index, stored dtype)`: `folder`'s model with empty (meta) decoder blocks and everything else read from the files."
-    from accelerate import init_empty_weights
     from transformers import AutoConfig
     folder = Path(folder)
     if not (folder / "config.json").exists(): raise FileNotFoundError(f"{folder}: no config.json: pass a transformers checkpoint folder.")
@@ -122,7 +138,7 @@ def load_skeleton(folder, dtype=None):
     if getattr(cfg, "quantization_config", None):
         raise ValueError(f"{folder} is already quantized (config.json has a quantization_config): pass the full-precision checkpoint.")
     index = tensor_index(folder); stored = _main_float(index)
-    with init_empty_weights(): model = _from_config(model_class(cfg), cfg, dtype or stored)
+    with empty_weights(): model = _from_config(model_class(cfg), cfg, dtype or stored)
     model.eval()
     names = from_checkpoint_keys(model, index)   # checkpoint key -> module key (e.g. LLaVA's older names)
     index = {names[k]: v for k, v in index.items()}
@@ -387,7 +403,7 @@ def quantize_folder(folder, calibration, config:QuantizeConfig|None=None, save_d
     base = dict(config=qconfig, report=report, prefix=prefix, callback=callback, store_dir=store_dir, moe=moe)
     bar = tqdm(total=len(blocks), initial=work.done, desc="GPTQ blocks (from files)", disable=not progress)
     for bi in range(work.done, len(blocks)):
-        name, n_rows, before = f"{prefix}.{bi}", len(report.rows), set(skip)
+        name, n_rows, before, tb = f"{prefix}.{bi}", len(report.rows), set(skip), time.perf_counter()
         load_block(blocks[bi], name, index, device, dtype)
         run_block(base, bi, blocks[bi], caps, skip, device)
         _crash_hook(bi, "in")
@@ -398,6 +414,7 @@ def quantize_folder(folder, calibration, config:QuantizeConfig|None=None, save_d
                     {k: v for k, v in skip.items() if k not in before}, [c["hidden"] for c in caps])
         del tensors
         if os.environ.get("GPTQ_NB_CRASH", "").startswith("after:"): work.wait(); _crash_hook(bi, "after")
+        report.summary.setdefault("block_seconds", []).append(round(time.perf_counter() - tb, 3))
         bar.update(1); bar.set_postfix_str(_mem())
     bar.close(); work.wait()
     if config.lm_head: _quantize_lm_head(model, batches, caps, config, report, device)
