@@ -18,8 +18,8 @@ from .experts import to_checkpoint_keys, from_checkpoint_keys, unfuse_for_checkp
 
 # %% auto #0
 __all__ = ['CONFIG_KEYS', 'CheckpointError', 'normalize_quant_config', 'read_quant_config', 'quantized_state_dict', 'parse_size',
-           'shard_state_dict', 'save_quantized', 'read_header', 'checkpoint_files', 'from_quantized',
-           'verify_checkpoint', 'push_to_hub']
+           'shard_state_dict', 'quant_dict', 'write_model_files', 'move_into_place', 'save_quantized', 'read_header',
+           'checkpoint_files', 'model_class', 'from_quantized', 'verify_checkpoint', 'push_to_hub']
 
 # %% ../nbs/12_io.ipynb #c002b
 from .generate import install_generate, standard_layout   # the generate set-up of 15_generate (issue 11)
@@ -165,6 +165,33 @@ def _umask_modes(d:Path):
     os.chmod(d, 0o777 & ~um)
     for f in d.rglob("*"): os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~um)
 
+def quant_dict(config:QuantizeConfig):
+    "The `quantize_config.json` of `config` (also `config.json`'s `quantization_config`)."
+    return {**config.to_dict(), "pack_dtype": "int32", "meta": {"quantizer": ["gptq_nb"]}}
+
+def write_model_files(tmp:Path, model, qdict:dict, dtype=None, tokenizer=None):
+    "Write everything but the weights into `tmp`: `quantize_config.json`, `config.json`, generation config, tokenizer."
+    (tmp / "quantize_config.json").write_text(json.dumps(qdict, indent=2))
+    cfg = copy.deepcopy(model.config)
+    if hasattr(cfg, "quantization_config"): del cfg.quantization_config   # e.g. GGUF's, from a gguf_file load
+    cfg.quantization_config = qdict
+    cfg.architectures = [type(model).__name__]
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out_emb is not None and (isinstance(out_emb, QuantLinear) or hasattr(out_emb, "gptq_result")):
+        cfg.tie_word_embeddings = False
+    if dtype is not None: cfg.dtype = dtype
+    cfg.save_pretrained(tmp)
+    if getattr(model, "generation_config", None) is not None: model.generation_config.save_pretrained(tmp)
+    if tokenizer is not None: tokenizer.save_pretrained(tmp)
+
+def move_into_place(tmp:Path, save_dir:Path):
+    "Rename the finished `tmp` to `save_dir`, replacing an old one only once the new one is whole."
+    old = None
+    if save_dir.exists():
+        old = save_dir.parent / f".{save_dir.name}.old-{uuid.uuid4().hex[:8]}"; os.rename(save_dir, old)
+    os.rename(tmp, save_dir)
+    if old is not None: shutil.rmtree(old, ignore_errors=True)
+
 def save_quantized(model, save_dir, config:QuantizeConfig|None=None, tokenizer=None, report=None,
                    max_shard_size="4GB", dtype=None):
     "Write `model` as a GPTQ checkpoint to `save_dir`, atomically; returns the directory's `Path`."
@@ -173,7 +200,7 @@ def save_quantized(model, save_dir, config:QuantizeConfig|None=None, tokenizer=N
     shapes = _layer_shapes(model)
     if not shapes: raise ValueError("the model has no quantized layers (no gptq_result, no QuantLinear): quantize it first.")
     _compat_warnings(shapes)
-    qdict = {**config.to_dict(), "pack_dtype": "int32", "meta": {"quantizer": ["gptq_nb"]}}
+    qdict = quant_dict(config)
     save_dir = Path(save_dir); save_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.tmp-", dir=save_dir.parent))
     try:
@@ -188,26 +215,11 @@ def save_quantized(model, save_dir, config:QuantizeConfig|None=None, tokenizer=N
             index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in sd.values())},
                      "weight_map": {k: f for f, s in zip(names, shards) for k in s}}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
-        (tmp / "quantize_config.json").write_text(json.dumps(qdict, indent=2))
-        cfg = copy.deepcopy(model.config)
-        if hasattr(cfg, "quantization_config"): del cfg.quantization_config   # e.g. GGUF's, from a gguf_file load
-        cfg.quantization_config = qdict
-        cfg.architectures = [type(model).__name__]
-        out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        if out_emb is not None and (isinstance(out_emb, QuantLinear) or hasattr(out_emb, "gptq_result")):
-            cfg.tie_word_embeddings = False
-        if dtype is not None: cfg.dtype = dtype
-        cfg.save_pretrained(tmp)
-        if getattr(model, "generation_config", None) is not None: model.generation_config.save_pretrained(tmp)
-        if tokenizer is not None: tokenizer.save_pretrained(tmp)
+        write_model_files(tmp, model, qdict, dtype, tokenizer)
         _umask_modes(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise
-    old = None
-    if save_dir.exists():
-        old = save_dir.parent / f".{save_dir.name}.old-{uuid.uuid4().hex[:8]}"; os.rename(save_dir, old)
-    os.rename(tmp, save_dir)
-    if old is not None: shutil.rmtree(old, ignore_errors=True)
+    move_into_place(tmp, save_dir)
     return save_dir
 
 # %% ../nbs/12_io.ipynb #c015
@@ -273,6 +285,20 @@ def _check(name, shape, dtype, want_shape, want_float, why):
     if want_float is False and dtype != torch.int32:
         raise CheckpointError(f"tensor {name!r} has dtype {dtype} but {why} needs int32 (pack_dtype int32).")
 
+def model_class(cfg):
+    "The transformers class a checkpoint's `config.json` asks for (`architectures`), else the causal-LM or image-text-to-text auto class."
+    import transformers as tf
+    for a in getattr(cfg, "architectures", None) or []:
+        if isinstance(getattr(tf, a, None), type): return getattr(tf, a)
+    for auto in (tf.AutoModelForCausalLM, tf.AutoModelForImageTextToText):
+        if type(cfg) in auto._model_mapping: return auto
+    raise CheckpointError(f"config.json names architectures={getattr(cfg, 'architectures', None)} and model_type="
+                          f"{getattr(cfg, 'model_type', None)!r}, which this transformers can't build: upgrade transformers "
+                          "or pass model_cls=.")
+
+def _from_config(cls, cfg, dtype):
+    return cls.from_config(cfg, dtype=dtype) if hasattr(cls, "from_config") else cls._from_config(cfg, dtype=dtype)
+
 def from_quantized(path_or_repo, device="cpu", dtype=torch.float16, backend:str="auto", model_cls=None,
                    revision=None, token=None):
     "Load a GPTQ checkpoint (directory or hub repo id) as a model of `QuantLinear` layers, validating every tensor."
@@ -288,7 +314,7 @@ def from_quantized(path_or_repo, device="cpu", dtype=torch.float16, backend:str=
     if hasattr(cfg, "quantization_config"): del cfg.quantization_config
     if qd.get("lm_head") and getattr(cfg, "tie_word_embeddings", False): cfg.tie_word_embeddings = False
     with init_empty_weights():
-        model = (model_cls or AutoModelForCausalLM).from_config(cfg, dtype=dtype)
+        model = _from_config(model_cls or model_class(cfg), cfg, dtype)   # multimodal models too (issue 14)
     names = from_checkpoint_keys(model, headers)   # MoE: checkpoint name -> module name; per-expert experts unfused (17)
     headers = {names[k]: v for k, v in headers.items()}
     unfuse_for_checkpoint(model, headers)

@@ -227,8 +227,8 @@ def capture_block_inputs(model:nn.Module, batches:list, device=None):
                 if per_block[i] is None: per_block[i] = per_block[0]
             out.append(dict(hidden=hidden, mask=mask.to(device), block_args=per_block))
     finally:
+        if moved: model.to(moved[0])   # before the blocks come back: a streamed model's blocks are empty (meta)
         for i, b in enumerate(orig): blocks[i] = b
-        if moved: model.to(moved[0])
     return out
 
 # %% ../nbs/04_model.ipynb #c018

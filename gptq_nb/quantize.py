@@ -19,7 +19,7 @@ from .experts import MoEExperts, unfuse_experts, planned_expert_linears
 
 # %% auto #0
 __all__ = ['MIN_CALIBRATION_TOKENS', 'QuantReport', 'layer_record', 'calibration_batches', 'SingleProcess', 'quantize_block',
-           'plan_layers', 'with_skips', 'expert_table', 'quantize']
+           'plan_layers', 'with_skips', 'expert_table', 'run_block', 'fit_batch_size', 'quantize']
 
 # %% ../nbs/05_quantize.ipynb #c005
 class QuantReport:
@@ -200,7 +200,8 @@ def quantize_block(ctx, bi:int, batches:list, stages:list, groups:list|None=None
     for g in groups:
         names = [n for si in g for n in stages[si]]
         dense, rout = [n for n in names if n not in routed], [n for n in names if n in routed]
-        with HessianHooks({n: linears[n] for n in dense}) as hh, HessianHooks({n: linears[n] for n in rout}) as hr:
+        dev = batches[0]["hidden"].device   # Hessians where the activations are (not the default CPU)
+        with HessianHooks({n: linears[n] for n in dense}, dev) as hh, HessianHooks({n: linears[n] for n in rout}, dev) as hr:
             stop = None if rout else linears[names[-1]].register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(StopForward()))
             _reset_tokens(ctx)
             try:
@@ -373,7 +374,27 @@ def expert_table(report:QuantReport):
 # %% ../nbs/05_quantize.ipynb #c016
 def _default_device(): return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-def quantize(model:nn.Module,            # a Hugging Face causal LM (modified in place)
+def run_block(base:dict, bi:int, block, caps:list, skip:dict, device):
+    "Quantize block `bi` on `device` from `caps` (the hidden states entering it, per batch), which then hold its outputs."
+    block.to(device)
+    ctx = dict(base, block=block)
+    stages, groups = _prepare_block(ctx, bi, caps[0])
+    outs = quantize_block(ctx, bi, caps, stages, groups)
+    _finish_block(ctx, bi, stages, skip)
+    for c, o in zip(caps, outs):
+        if not torch.isfinite(o).all():
+            raise FloatingPointError(f"{base['prefix']}.{bi} produced NaN/Inf on calibration data after quantization: "
+                                     "the activations overflowed (common in float16); run the model in "
+                                     "bfloat16 or float32.")
+        c["hidden"] = o
+
+def fit_batch_size(block, caps:list, device, max_gpu_memory=None, batch_size=None):
+    "The calibration batch size that fits the GPU budget, or `None` when one batch fits (or on a CPU, or `batch_size` set)."
+    if batch_size is not None or torch.device(device).type != "cuda" or len(caps) != 1: return None
+    from gptq_nb.stream import plan_batch_size   # the GPU memory budget (notebook 16)
+    return plan_batch_size(block, caps[0], device, max_gpu_memory)
+
+def quantize(model:nn.Module|str|os.PathLike,  # a Hugging Face causal LM (modified in place), or a checkpoint folder (streamed, notebook 16)
              calibration,                # samples from `get_calibration`, token-id lists, or texts (with `tokenizer`)
              config:QuantizeConfig|None=None,  # bits, group size, act-order, ...; default 4-bit g128
              tokenizer=None,             # only needed when `calibration` is text, a path or a dataset name
@@ -385,9 +406,21 @@ def quantize(model:nn.Module,            # a Hugging Face causal LM (modified in
              min_expert_tokens:int=MIN_CALIBRATION_TOKENS,  # MoE: an expert routed fewer tokens takes `expert_fallback`
              expert_fallback:str="all_tokens",  # "all_tokens" (Hessian of every token through it) or "rtn"
              min_coverage:float=0.5,     # refuse if less than this fraction of the blocks' weights would be quantized
+             max_gpu_memory=None,        # GPU budget ("24GB", bytes); default the card: calibration forwards are chunked to fit
+             save_dir=None,              # folder `model` only: where the GPTQ checkpoint is written (atomically)
+             work_dir=None,              # folder `model` only: progress kept here, so an interrupted run resumes
              parallel=None,              # `gptq_nb.distributed.Ranks()`: share the work among torch.distributed processes
             ) -> QuantReport:
     "Quantize `model`'s decoder blocks (and `lm_head` if `config.lm_head`) with GPTQ; returns the per-layer report."
+    if isinstance(model, (str, os.PathLike)):   # a checkpoint folder: block by block from its files (16_stream)
+        from gptq_nb.stream import quantize_folder
+        return quantize_folder(model, calibration, config, save_dir, tokenizer=tokenizer, device=device, callback=callback,
+                               store_dir=store_dir, progress=progress, experts_all_tokens=experts_all_tokens,
+                               min_expert_tokens=min_expert_tokens, expert_fallback=expert_fallback,
+                               min_coverage=min_coverage, max_gpu_memory=max_gpu_memory, work_dir=work_dir)
+    if save_dir is not None or work_dir is not None:
+        raise ValueError("save_dir/work_dir are for a checkpoint folder passed as `model`; for a model object call "
+                         "save_quantized(model, dir) after quantize.")
     config = config or QuantizeConfig()
     device = torch.device(device) if device is not None else _default_device()
     t0 = time.perf_counter()
@@ -413,22 +446,15 @@ def quantize(model:nn.Module,            # a Hugging Face causal LM (modified in
                                               blocks=len(blocks), calibration_samples=sum(len(b[0]) for b in batches),
                                               calibration_tokens=n_tok, device=str(device), coverage=coverage))
     caps = capture_block_inputs(model, mine, device)
+    if par.world == 1 and (bs := fit_batch_size(blocks[0], caps, device, max_gpu_memory, config.batch_size)) is not None:
+        mine, _ = calibration_batches(calibration, bs, tokenizer, pad_id)   # chunks that fit the GPU budget (one process: ranks would each measure their own)
+        caps = capture_block_inputs(model, mine, device)
+    base = dict(config=qconfig, report=report, prefix=prefix, callback=callback, store_dir=store_dir, moe=moe, parallel=par)
     for bi in tqdm(range(len(blocks)), desc="GPTQ blocks", disable=not progress):
-        block = blocks[bi]; home = next(block.parameters()).device
-        block.to(device)
-        ctx = dict(block=block, config=qconfig, report=report, prefix=prefix, callback=callback, store_dir=store_dir, moe=moe,
-                   parallel=par)
-        stages, groups = _prepare_block(ctx, bi, caps[0])
-        outs = quantize_block(ctx, bi, caps, stages, groups)
-        _finish_block(ctx, bi, stages, skip)
-        for c, o in zip(caps, outs):
-            if not torch.isfinite(o).all():
-                raise FloatingPointError(f"{prefix}.{bi} produced NaN/Inf on calibration data after quantization: "
-                                         "the activations overflowed (common in float16); run the model in "
-                                         "bfloat16 or float32.")
-            c["hidden"] = o
-        block.to(home)
-    if config.lm_head: _quantize_lm_head(model, mine, config, report, device, par)
+        home = next(blocks[bi].parameters()).device
+        run_block(base, bi, blocks[bi], caps, skip, device)
+        blocks[bi].to(home)
+    if config.lm_head: _quantize_lm_head(model, mine, caps, config, report, device, par)
     model.gptq_config = report.config = with_skips(config, skip)   # what was left in full precision, for the loaders
     report.summary["kept_full_precision"] = dict(skip)
     report.summary["coverage"] = sum(r["in_features"] * r["out_features"] for r in report.rows if r["block"] >= 0) / n_params
@@ -451,21 +477,38 @@ def _probe_stages(block, cap, bi):
     except Exception: return (*probe_block(block, cap["hidden"], args, kwargs), cap["hidden"].shape[:-1].numel())
 
 # %% ../nbs/05_quantize.ipynb #c020
+class _Replay(nn.Module):
+    "Stands in for a decoder block: passes the hidden states through; the last one returns `store['hidden']` instead."
+    def __init__(self, store=None):
+        super().__init__(); object.__setattr__(self, "store", store)
+    def forward(self, *args, **kwargs):
+        return (args[0] if args else kwargs["hidden_states"]) if self.store is None else self.store["hidden"]
+
 @torch.no_grad()
-def _quantize_lm_head(model, batches, config, report, device, parallel=None):
+def _quantize_lm_head(model, batches, caps, config, report, device, parallel=None):
+    "Quantize the output head from its inputs: the last block's outputs `caps` through what follows the blocks."
     head = model.get_output_embeddings()
     if head is None or not isinstance(head, nn.Linear): raise ValueError("lm_head=True but the model has no linear output head.")
     if head.weight is model.get_input_embeddings().weight:
         head.weight = nn.Parameter(head.weight.detach().clone())
         model.config.tie_word_embeddings = False
-    model.to(device)
-    with HessianHooks({"lm_head": head}) as hh:
-        stop = head.register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(StopForward()))
-        try:
-            for ids, mask in batches:
-                hh.new_batch(mask.to(device))
-                try: model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-                except StopForward: pass
-        finally: stop.remove()
-    ctx = dict(config=config, report=report, callback=None, store_dir=None, parallel=parallel)
-    _solve_linear(ctx, "lm_head", -1, "lm_head", 0, head, hh.hessian_for("lm_head"))
+    _, blocks = find_blocks(model)
+    orig, store = list(blocks), {}
+    for i in range(len(orig)): blocks[i] = _Replay(store if i == len(orig) - 1 else None)
+    home = head.weight.device
+    try:
+        model.to(device)   # the blocks are out of the tree: embeddings, final norm and head only
+        with HessianHooks({"lm_head": head}, device) as hh:
+            stop = head.register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(StopForward()))
+            try:
+                for (ids, mask), c in zip(batches, caps):
+                    hh.new_batch(mask.to(device)); store["hidden"] = c["hidden"].to(device)
+                    try: model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+                    except StopForward: pass
+            finally: stop.remove()
+        ctx = dict(config=config, report=report, callback=None, store_dir=None, parallel=parallel)
+        _solve_linear(ctx, "lm_head", -1, "lm_head", 0, head, hh.hessian_for("lm_head"))
+    finally:
+        model.to(home)   # before the blocks come back (a streamed model's are empty)
+        for i, b in enumerate(orig): blocks[i] = b
+

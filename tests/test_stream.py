@@ -1,0 +1,100 @@
+"""Streaming from a checkpoint folder (notebook 16) in separate processes: a run killed mid-block and after a commit
+resumes to the same checkpoint as an uninterrupted run, and peak host RSS stays far below the model's size."""
+import json, os, subprocess, sys, textwrap
+from pathlib import Path
+import pytest, torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RUN = textwrap.dedent("""
+    import json, os, sys, torch
+    def rss(field):
+        return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field)) * 1024
+    def reset_peak():   # VmHWM := what is resident now (Linux's clear_refs); returns that baseline
+        try: open("/proc/self/clear_refs", "w").write("5")
+        except OSError: pass
+        return rss("VmRSS")
+    src, out, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    from gptq_nb.quant import QuantizeConfig
+    from gptq_nb.quantize import quantize
+    from gptq_nb.stream import quantize_folder
+    from gptq_nb.io import save_quantized
+    g = torch.Generator().manual_seed(0)
+    cal = [{"input_ids": torch.randint(0, 500, (64,), generator=g)} for _ in range(8)]
+    cfg = QuantizeConfig(group_size=128)
+    if mode == "rss":   # warm-up (imports, thread pools) on a 1-block model, then each path from a reset peak
+        from transformers import AutoModelForCausalLM
+        quantize_folder(sys.argv[4], cal, cfg, out + "-warm", device="cpu", progress=False, dtype=torch.float32)
+        res = {}
+        base = reset_peak()
+        quantize_folder(src, cal, cfg, out + "-dir", device="cpu", progress=False, dtype=torch.float32)
+        res["folder"] = rss("VmHWM") - base
+        base = reset_peak()
+        m = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)   # CPUs compute fp16 slowly: both in fp32
+        save_quantized(m, out + "-mem", report=quantize(m, cal, cfg, device="cpu", progress=False), dtype=torch.float16)
+        res["memory"] = rss("VmHWM") - base
+        print(json.dumps(res))
+    else:
+        work = sys.argv[4] if len(sys.argv) > 4 else None
+        quantize(src, cal, cfg, device="cpu", progress=False, save_dir=out, work_dir=work)
+""")
+
+
+
+def run(*args, env=None):
+    e = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-c", RUN, *map(str, args)], capture_output=True, text=True, env=e, timeout=600)
+
+
+def tensors(ckpt):
+    out = {}
+    for f in sorted(Path(ckpt).glob("model*.safetensors")): out.update(load_file(str(f)))
+    return out
+
+
+def random_llama(path, hidden, inter, layers, vocab=512, seed=0):
+    "A random fp16 Llama written as sharded safetensors; returns its size in bytes."
+    import transformers as tf
+    torch.manual_seed(seed)
+    cfg = tf.LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=8,
+                         num_key_value_heads=4, vocab_size=vocab, max_position_embeddings=256)
+    m = tf.LlamaForCausalLM(cfg).half()
+    m.save_pretrained(path, max_shard_size="40MB")
+    return sum(p.numel() * p.element_size() for p in m.parameters())
+
+
+def test_resume_after_kill(tmp_path):
+    src = tmp_path / "src"; random_llama(src, 128, 256, 4)
+    ref = run(src, tmp_path / "ref", "folder")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    work = tmp_path / "work"
+    r = run(src, tmp_path / "out", "folder", work, env={"GPTQ_NB_CRASH": "after:1"})   # killed once block 1 is committed
+    assert r.returncode == 137, r.stderr[-3000:]
+    assert json.loads((work / "state.json").read_text())["done"] == 2 and not (tmp_path / "out").exists()
+    r = run(src, tmp_path / "out", "folder", work, env={"GPTQ_NB_CRASH": "in:2"})      # killed inside block 2
+    assert r.returncode == 137, r.stderr[-3000:]
+    assert json.loads((work / "state.json").read_text())["done"] == 2
+    r = run(src, tmp_path / "out", "folder", work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = tensors(tmp_path / "ref"), tensors(tmp_path / "out")
+    assert sorted(a) == sorted(b)
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
+    assert not work.exists()
+
+
+def test_peak_rss_far_below_model_size(tmp_path):
+    size = random_llama(tmp_path / "src", 512, 1536, 12)   # 74 MiB of fp16 weights
+    random_llama(tmp_path / "warm", 512, 1536, 1)
+    r = run(tmp_path / "src", tmp_path / "out", "rss", tmp_path / "warm")
+    assert r.returncode == 0, r.stderr[-3000:]
+    grow = {k: v / 2**20 for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items()}
+    print(f"model {size / 2**20:.0f} MiB fp16 (fp32 compute); peak RSS growth: folder path {grow['folder']:.0f} MiB, "
+          f"in-memory path {grow['memory']:.0f} MiB")
+    # The in-memory path holds the whole (fp32) model, the folder path doesn't: their growths differ by most of it.
+    # NOT the issue's "model several times the cap" at this scale: a fixed 0.1-0.2 GiB (solver temporaries, report,
+    # allocator, measured 122-220 MiB on a 16-block run) dominates a 74 MiB model. At scale it holds: the 13B-shaped
+    # GPU run (kernels/RESULTS.md) peaked at 3.9 GiB for the whole process with a 26 GB checkpoint.
+    assert grow["memory"] - grow["folder"] > 0.5 * 2 * size / 2**20, grow
+    a, b = tensors(tmp_path / "out-dir"), tensors(tmp_path / "out-mem")
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
