@@ -114,6 +114,9 @@ PRESETS = {
 BENCH_CONFIGS = {
     "GPTQ, GPTQModel's defaults (sym, group-aware order, damp 0.05)": PRESETS["gptqmodel"],
     "GPTQ best (act-order, static groups, asym, MSE clip)": PRESETS["best"],
+    "GPTQ best + least-squares scales/zeros (`refine`, nb 30)": dict(PRESETS["best"], refine=True),
+    "GPTAQ asymmetric calibration + refine (best preset, nb 31)": dict(PRESETS["best"], method="gptaq", refine=True),
+    "Qronos-style target + refine (best preset, nb 32)": dict(PRESETS["best"], method="qronos", refine=True),
 }
 
 def bench_accuracy(windows:int=40, bits=(4, 3), readme="README.md", gguf_path=None, log=print):
@@ -130,9 +133,10 @@ def bench_accuracy(windows:int=40, bits=(4, 3), readme="README.md", gguf_path=No
         rows.append(dict(method="RTN (sym)", bits=b, ppl=perplexity(rtn_quantize_model(copy.deepcopy(base), cfg), win), seconds=0.0))
         log(rows[-1])
         for name, kw in BENCH_CONFIGS.items():
-            m = copy.deepcopy(base); t0 = time.perf_counter()
+            m = copy.deepcopy(base); t0, c0 = time.perf_counter(), time.process_time()
             quantize(m, cal, QuantizeConfig(bits=b, group_size=128, **kw), progress=False)
-            rows.append(dict(method=name, bits=b, ppl=perplexity(m, win), seconds=time.perf_counter() - t0)); del m
+            rows.append(dict(method=name, bits=b, ppl=perplexity(m, win), seconds=time.perf_counter() - t0,
+                             cpu_seconds=time.process_time() - c0)); del m
             log(rows[-1])
     write_bench_table(rows, windows, readme)
     return rows
@@ -147,8 +151,9 @@ def bench_table(rows, windows:int):
     cpu = f"{os.cpu_count()}-core {platform.machine()} CPU, torch {torch.__version__}"
     head = (f"Protocol A1-quick (SmolLM2-135M-Instruct, WikiText-2 test, first {windows} windows of 2048; calibration "
             f"128 x 512 C4), g128. Machine: {cpu}; date {datetime.date.today()}; commit {_commit()}.\n\n"
-            "| method | bits | perplexity | quantize s |\n|---|---|---|---|\n")
-    return head + "".join(f"| {r['method']} | {r['bits']} | {r['ppl']:.2f} | {r['seconds']:.0f} |\n" for r in rows)
+            "| method | bits | perplexity | quantize s | quantize CPU s |\n|---|---|---|---|---|\n")
+    return head + "".join(f"| {r['method']} | {r['bits']} | {r['ppl']:.2f} | {r['seconds']:.0f} | {r.get('cpu_seconds', 0):.0f} |\n"
+                          for r in rows)
 
 def write_bench_table(rows, windows, readme="README.md"):
     "Replace the text between `<!-- bench-accuracy -->` and `<!-- /bench-accuracy -->` in `readme`."

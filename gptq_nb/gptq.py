@@ -40,6 +40,7 @@ class GPTQResult:
     damp: float           # damp_percent actually used
     seconds: float        # wall time of the solve
     rtn_qw: QuantizedWeight|None = None  # the round-to-nearest baseline on the same grid (when computed)
+    info: dict|None = None  # extra report fields from the methods beyond plain GPTQ (notebooks 30-32)
 
 def proxy_loss(W, What, H):
     "`tr(ΔW·H·ΔWᵀ)`: the layer's summed squared output error over the calibration tokens (per token, ×2)."
@@ -145,15 +146,17 @@ def lazy_blocks(gpos:list, blocksize:int, static_groups:bool):
     return out
 
 # %% ../nbs/03_gptq.ipynb #f005
-def _block_torch(W1, U1, S, Z, gid:list, maxq:int, codes, Err1):
-    "GPTQ inside one lazy block, in place on `W1` `[b, N]`: codes and scaled errors of its `b` columns."
+def _block_torch(W1, U1, S, Z, gid:list, maxq:int, codes, Err1, P1=None):
+    "GPTQ inside one lazy block, in place on `W1` `[b, N]`: codes and scaled errors of its `b` columns (`P1`: GPTAQ's term, nb 31)."
     b, Q1, d, gp = W1.shape[0], torch.empty_like(W1), U1.diagonal().tolist(), None
     for i in range(b):
         if gid[i] != gp: gp = gid[i]; s, z = S[gp], Z[gp]
         w, e, q = W1[i], Err1[i], Q1[i]
         torch.clamp_(torch.div(w, s, out=q).round_().add_(z), 0, maxq)   # quantize_codes, in place
         torch.sub(w, (q - z).mul_(s), out=e).div_(d[i])
-        if i + 1 < b: W1[i + 1:].addmm_(U1[i, i + 1:, None], e[None], alpha=-1)  # the OBS update of the block's rest
+        if i + 1 < b:
+            if P1 is not None: W1[i + 1:].addmm_(P1[i, i + 1:, None], w[None])     # before the update: w as quantized
+            W1[i + 1:].addmm_(U1[i, i + 1:, None], e[None], alpha=-1)  # the OBS update of the block's rest
     codes.copy_(Q1)
 
 # %% ../nbs/03_gptq.ipynb #f007
@@ -214,8 +217,11 @@ def _check_layer(W, H, name:str=""):
 
 def gptq_quantize_many(Ws:list, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act:bool=False,
                        static_groups:bool=False, damp_percent:float=0.01, mse:float=0.0, blocksize:int=128,
-                       dtype=torch.float32, rtn:bool=True, act_group_aware:bool=False, kernel:str="auto", names=None):
-    "Quantize several weights `[N_j, K]` that share the input Hessian `H` (q/k/v, gate/up) in one solve: a `GPTQResult` each."
+                       dtype=torch.float32, rtn:bool=True, act_group_aware:bool=False, kernel:str="auto", names=None,
+                       extra_update=None):
+    """Quantize several weights `[N_j, K]` that share the input Hessian `H` (q/k/v, gate/up) in one solve: a `GPTQResult` each.
+    `extra_update(U, perm, dead)` may return a strictly upper-triangular `P` `[K, K]` (processing order): each column
+    `j` then also gains `Σ_{i<j} w_i·P[i, j]`, `w_i` column `i` as it was quantized (GPTAQ, notebook 31; column loop only)."""
     check_bits_group(bits, group_size)
     if kernel not in ("auto", "torch", "triton"): raise ValueError(f"kernel={kernel!r}: use 'auto', 'torch' or 'triton'.")
     t0 = time.perf_counter()
@@ -224,11 +230,14 @@ def gptq_quantize_many(Ws:list, H, bits:int=4, group_size:int=128, sym:bool=True
     maxq, g, N = 2 ** bits - 1, (K if group_size == -1 else group_size), sum(Ns)
     W = torch.cat([w.to(dtype) for w in Ws]) if len(Ws) > 1 else Ws[0].to(dtype).clone()
     H0, H = H, H.to(dev, dtype).clone()
+    dead = torch.diag(H) == 0
     W, H, scales, zeros, perm, natural, gpos, gsize = _solve_setup(W, H, bits, group_size, sym, desc_act, static_groups,
                                                                    mse, act_group_aware)
     G = len(gsize)
     U, damp = inverse_cholesky(H, damp_percent)
     del H
+    P = None if extra_update is None else extra_update(U, perm, dead)
+    if P is not None: kernel = "torch"
     Wt = W.T.contiguous(); del W              # [K, N]: each column of W is a contiguous row here
     codes = torch.empty(K, N, dtype=torch.uint8, device=dev)
     Err = torch.empty(min(blocksize, K), N, dtype=dtype, device=dev)
@@ -248,9 +257,10 @@ def gptq_quantize_many(Ws:list, H, bits:int=4, group_size:int=128, sym:bool=True
             if fused: _block_triton(W1, U1, scales, zeros, gid_t[i1:i2], maxq, codes[i1:i2], Err1)
             else:
                 if cpu: torch.set_num_threads(1)   # the column loop is many tiny ops: threads only add overhead
-                _block_torch(W1, U1, scales, zeros, gpos[i1:i2], maxq, codes[i1:i2], Err1)
+                _block_torch(W1, U1, scales, zeros, gpos[i1:i2], maxq, codes[i1:i2], Err1, None if P is None else P[i1:i2, i1:i2])
                 if cpu: torch.set_num_threads(threads)
             Wt[i2:].addmm_(U[i1:i2, i2:].T, Err1, alpha=-1)               # the lazy update of everything after it
+            if P is not None: Wt[i2:].addmm_(P[i1:i2, i2:].T, W1)          # W1: the block's columns as quantized
     finally: torch.set_num_threads(threads)
     del Wt, Err
     g_idx = torch.empty(K, dtype=torch.int32); g_idx[natural] = torch.tensor(gpos, dtype=torch.int32)

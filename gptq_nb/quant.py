@@ -9,12 +9,14 @@ from dataclasses import dataclass, field, asdict, fields
 import torch
 
 # %% auto #0
-__all__ = ['SUPPORTED_BITS', 'SUPPORTED_GROUP_SIZES', 'check_bits_group', 'QuantizeConfig', 'quantize_codes', 'dequantize_codes',
-           'fake_quantize', 'grid_params', 'QuantizedWeight', 'n_groups', 'plain_g_idx', 'rtn_quantize']
+__all__ = ['SUPPORTED_BITS', 'SUPPORTED_GROUP_SIZES', 'METHODS', 'check_bits_group', 'QuantizeConfig', 'quantize_codes',
+           'dequantize_codes', 'fake_quantize', 'grid_params', 'QuantizedWeight', 'n_groups', 'plain_g_idx',
+           'rtn_quantize']
 
 # %% ../nbs/00_quant.ipynb #c005
 SUPPORTED_BITS = (2, 3, 4, 8)
 SUPPORTED_GROUP_SIZES = (-1, 32, 64, 128, 256, 1024)
+METHODS = ("gptq", "gptaq", "qronos")   # solvers: plain GPTQ, and the two that see the full-precision model's inputs
 
 def check_bits_group(bits:int, group_size:int):
     "Raise a `ValueError` naming the fix when `bits`/`group_size` are outside what the GPTQ format supports."
@@ -42,6 +44,9 @@ class QuantizeConfig:
     blocksize: int = 128           # columns per lazy-batch update in the solver
     batch_size: int|None = None    # calibration windows per forward; None = all at once (one pass per block)
     dynamic: dict|None = None      # per-module overrides {"+:regex": {"bits": 8}, "-:regex": {}} (skip with "-:")
+    method: str = "gptq"           # "gptq"; "gptaq" or "qronos": solve against the full-precision model's inputs (nbs 31, 32)
+    alpha: float = 0.25            # gptaq: weight of the asymmetry term (the paper's 0.25)
+    refine: bool = False           # least-squares scales/zeros once the codes are fixed (nb 30)
 
     def __post_init__(self):
         check_bits_group(self.bits, self.group_size)
@@ -51,6 +56,9 @@ class QuantizeConfig:
             raise ValueError(f"checkpoint_format={self.checkpoint_format!r}: use 'gptq' or 'gptq_v2'.")
         if self.mse < 0: raise ValueError(f"mse={self.mse} must be >= 0 (0 turns the clip search off).")
         if self.blocksize < 1: raise ValueError(f"blocksize={self.blocksize} must be positive.")
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r}: use one of {METHODS} ('gptq' is plain GPTQ).")
+        if not 0 <= self.alpha <= 1: raise ValueError(f"alpha={self.alpha} is out of range: use a value in [0, 1], usually 0.25.")
         for k, ov in (self.dynamic or {}).items():
             if not k.startswith("-:"): QuantizeConfig(**{**self.core_dict(), **ov})  # validate overrides too
 

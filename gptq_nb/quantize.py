@@ -12,6 +12,8 @@ from tqdm.auto import tqdm
 from .quant import QuantizeConfig, QuantizedWeight
 from .hessian import Hessian, HessianHooks
 from .gptq import gptq_quantize_many
+from .gptaq import needs_fp_inputs, fp_block_inputs, observe_fp
+from .qronos import solve_method
 from .model import (find_blocks, find_linears, find_stages, capture_block_inputs, linear_weight,
                            set_linear_weight, linear_shape, StopForward, to_device)
 from .model import probe_block, find_experts, find_routers, expert_of, unpackable
@@ -132,6 +134,7 @@ def _finish_linear(ctx, full:str, bi:int, module:str, stage:int, mod, W, H:Hessi
     mod.gptq_result = QuantizedWeight(qw.codes.cpu(), qw.scales.cpu(), qw.zeros.cpu(), qw.g_idx.cpu(), qw.bits,
                                       qw.group_size, qw.sym, None if qw.perm is None else qw.perm.cpu())
     row, tensors = layer_record(full, bi, module, stage, W, H.H, H.n, res, lcfg)
+    if res.info: row.update(res.info)   # the method, its objective and plain GPTQ's (nbs 30-32)
     if extra: row.update(extra)   # experts: expert index, routed tokens, fallback
     ctx["report"].rows.append(row); ctx["report"].layers[full] = tensors
     if ctx["callback"] is not None: ctx["callback"](row, ctx["report"])
@@ -155,8 +158,8 @@ def _solve_linears(ctx, bi:int, stage:int, items:list, H:Hessian, extra:dict|Non
     for group in groups.values():
         names = [full for full, _ in group]
         jobs.append((names, [linear_weight(mods[n]).detach().to(torch.float32, copy=True) for n in names], group[0][1]))  # copies: weights are overwritten
-    solve = lambda names, Ws, lcfg: gptq_quantize_many(Ws, H.H, lcfg.bits, lcfg.group_size, lcfg.sym, lcfg.desc_act,
-        lcfg.static_groups, lcfg.damp_percent, lcfg.mse, lcfg.blocksize, act_group_aware=lcfg.act_group_aware, names=names)
+    stats = (ctx.get("fp") or {}).get("stats", {}).get(items[0][1])   # full-precision statistics of this input (nbs 31, 32)
+    solve = lambda names, Ws, lcfg: solve_method(Ws, H.H, lcfg, names, stats)
     for (names, Ws, lcfg), res in zip(jobs, par.solve(jobs, solve)):
         done.update({n: (W, r, lcfg) for n, W, r in zip(names, Ws, res)})
     for full, module, mod in items:   # report rows in the block's order, whatever the grouping
@@ -188,6 +191,7 @@ def quantize_block(ctx, bi:int, batches:list, stages:list, groups:list|None=None
             def hook(mod, a):
                 mask = None if names[0] in routed else b["mask"]
                 H = Hessian(a[0].shape[-1], a[0].device, f"{ctx['prefix']}.{bi}.{names[0]}").add(a[0], mask)
+                observe_fp(ctx.get("fp"), names[0], a[0], mask, 0)
                 solve(si, names, H)
             return hook
         for si, names in enumerate(stages): handles.append(linears[names[0]].register_forward_pre_hook(trigger(si, names)))
@@ -201,12 +205,13 @@ def quantize_block(ctx, bi:int, batches:list, stages:list, groups:list|None=None
         names = [n for si in g for n in stages[si]]
         dense, rout = [n for n in names if n not in routed], [n for n in names if n in routed]
         dev = batches[0]["hidden"].device   # Hessians where the activations are (not the default CPU)
-        with HessianHooks({n: linears[n] for n in dense}, dev) as hh, HessianHooks({n: linears[n] for n in rout}, dev) as hr:
+        fp_hook = lambda n, x: observe_fp(ctx.get("fp"), n, x, *ctx["batch"])
+        with HessianHooks({n: linears[n] for n in dense}, dev, on_input=fp_hook) as hh, HessianHooks({n: linears[n] for n in rout}, dev) as hr:
             stop = None if rout else linears[names[-1]].register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(StopForward()))
             _reset_tokens(ctx)
             try:
                 for j, b in enumerate(batches):
-                    hh.new_batch(b["mask"]); hr.new_batch(None)
+                    hh.new_batch(b["mask"]); hr.new_batch(None); ctx["batch"] = (b["mask"], j)
                     _experts_calibrating(ctx, b, j)
                     try: _run(block, b["hidden"], *b["block_args"][bi])
                     except StopForward: pass
@@ -217,6 +222,14 @@ def quantize_block(ctx, bi:int, batches:list, stages:list, groups:list|None=None
             if H is not None or todo[0] in routed: solve(si, todo, H)
     for j, b in enumerate(batches): _experts_calibrating(ctx, b, j, tokens=False)
     return [_run(block, b["hidden"], *b["block_args"][bi]) for b in batches]
+
+def _fp_block_pass(ctx, bi:int, stages:list, caps:list, fp_hidden:list|None):
+    "For methods that solve against the full-precision model (nbs 31, 32): run block `bi`, still full precision, on `fp_hidden` (advanced in place to its outputs); `ctx['fp']` gets its stage inputs."
+    if fp_hidden is None: return
+    heads = [s[0] for s in stages if s[0] not in ctx["routed"]]
+    ins, outs = fp_block_inputs(ctx["block"], ctx["linears"], heads, fp_hidden, [c["block_args"][bi] for c in caps])
+    fp_hidden[:] = outs
+    ctx["fp"] = dict(inputs=ins, stats={})
 
 # %% ../nbs/05_quantize.ipynb #c014b
 def plan_layers(prefix:str, blocks, config:QuantizeConfig):
@@ -374,11 +387,12 @@ def expert_table(report:QuantReport):
 # %% ../nbs/05_quantize.ipynb #c016
 def _default_device(): return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-def run_block(base:dict, bi:int, block, caps:list, skip:dict, device):
+def run_block(base:dict, bi:int, block, caps:list, skip:dict, device, fp_hidden:list|None=None):
     "Quantize block `bi` on `device` from `caps` (the hidden states entering it, per batch), which then hold its outputs."
     block.to(device)
     ctx = dict(base, block=block)
     stages, groups = _prepare_block(ctx, bi, caps[0])
+    _fp_block_pass(ctx, bi, stages, caps, fp_hidden)   # methods that solve against the full-precision model (nbs 31, 32)
     outs = quantize_block(ctx, bi, caps, stages, groups)
     _finish_block(ctx, bi, stages, skip)
     for c, o in zip(caps, outs):
@@ -412,6 +426,9 @@ def quantize(model:nn.Module|str|os.PathLike,  # a Hugging Face causal LM (modif
              parallel=None,              # `gptq_nb.distributed.Ranks()`: share the work among torch.distributed processes
             ) -> QuantReport:
     "Quantize `model`'s decoder blocks (and `lm_head` if `config.lm_head`) with GPTQ; returns the per-layer report."
+    if needs_fp_inputs(config or QuantizeConfig()) and (isinstance(model, (str, os.PathLike)) or (parallel is not None and parallel.world > 1)):
+        raise ValueError(f"method={config.method!r} solves against the full-precision model's inputs, which the folder (streamed) "
+                         "and torch.distributed paths don't carry yet: quantize a loaded model in one process, or use method='gptq'.")
     if isinstance(model, (str, os.PathLike)):   # a checkpoint folder: block by block from its files (16_stream)
         from gptq_nb.stream import quantize_folder
         return quantize_folder(model, calibration, config, save_dir, tokenizer=tokenizer, device=device, callback=callback,
@@ -449,10 +466,11 @@ def quantize(model:nn.Module|str|os.PathLike,  # a Hugging Face causal LM (modif
     if par.world == 1 and (bs := fit_batch_size(blocks[0], caps, device, max_gpu_memory, config.batch_size)) is not None:
         mine, _ = calibration_batches(calibration, bs, tokenizer, pad_id)   # chunks that fit the GPU budget (one process: ranks would each measure their own)
         caps = capture_block_inputs(model, mine, device)
+    fp_hidden = [c["hidden"] for c in caps] if needs_fp_inputs(config) else None   # the full-precision model's, beside
     base = dict(config=qconfig, report=report, prefix=prefix, callback=callback, store_dir=store_dir, moe=moe, parallel=par)
     for bi in tqdm(range(len(blocks)), desc="GPTQ blocks", disable=not progress):
         home = next(blocks[bi].parameters()).device
-        run_block(base, bi, blocks[bi], caps, skip, device)
+        run_block(base, bi, blocks[bi], caps, skip, device, fp_hidden)
         blocks[bi].to(home)
     if config.lm_head: _quantize_lm_head(model, mine, caps, config, report, device, par)
     model.gptq_config = report.config = with_skips(config, skip)   # what was left in full precision, for the loaders
