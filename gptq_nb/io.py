@@ -18,7 +18,7 @@ from .experts import to_checkpoint_keys, from_checkpoint_keys, unfuse_for_checkp
 
 # %% auto #0
 __all__ = ['CONFIG_KEYS', 'CheckpointError', 'normalize_quant_config', 'read_quant_config', 'quantized_state_dict', 'parse_size',
-           'shard_state_dict', 'save_quantized', 'read_header', 'checkpoint_files', 'from_quantized',
+           'shard_state_dict', 'save_quantized', 'read_header', 'checkpoint_files', 'check_tensors', 'from_quantized',
            'verify_checkpoint', 'push_to_hub']
 
 # %% ../nbs/12_io.ipynb #c002b
@@ -35,7 +35,7 @@ def normalize_quant_config(d:dict, source:str="quantization config"):
     d = dict(d); meta = d.get("meta") or {}
     for k in ("damp_percent", "static_groups", "true_sequential", "mse"):
         if k not in d and k in meta: d[k] = meta[k]
-    qm = d.get("quant_method", "gptq")
+    qm = d.get("quant_method", "gptq"); qm = getattr(qm, "value", qm)   # transformers' QuantizationMethod enum
     if str(qm).lower() != "gptq":
         raise CheckpointError(f"{source}: quant_method={qm!r} is not a GPTQ checkpoint; gptq_nb loads quant_method 'gptq' only.")
     fmt = d.get("checkpoint_format") or d.get("format") or "gptq"
@@ -273,12 +273,25 @@ def _check(name, shape, dtype, want_shape, want_float, why):
     if want_float is False and dtype != torch.int32:
         raise CheckpointError(f"tensor {name!r} has dtype {dtype} but {why} needs int32 (pack_dtype int32).")
 
-def from_quantized(path_or_repo, device="cpu", dtype=torch.float16, backend:str="auto", model_cls=None,
-                   revision=None, token=None):
-    "Load a GPTQ checkpoint (directory or hub repo id) as a model of `QuantLinear` layers, validating every tensor."
+def check_tensors(model, headers:dict, quantized:dict, tied=()):
+    "Raise a `CheckpointError` naming the first tensor of `model` that `headers` (`{name: (shape, dtype)}`) lacks or holds in another shape/kind; `quantized` maps layer names to their `QuantLinear`."
+    for name, ql in quantized.items():
+        why = (f"the config ({ql.bits}-bit, group_size={ql.group_size}, in={ql.in_features}, out={ql.out_features}) "
+               f"of layer {name!r}")
+        for t, (shape, dt) in ql.expected_tensors().items():
+            key = f"{name}.{t}"; h = headers.get(key, (None, None))
+            _check(key, h[0], h[1], shape, t in ("scales", "bias"), why)
+    for k, v in model.state_dict().items():
+        if k.rpartition(".")[0] in quantized: continue
+        if k not in headers:
+            if k in tied or v.device.type != "meta": continue   # re-tied after loading / a buffer keeping its computed value
+            _check(k, None, None, v.shape, None, "the model's config expects it")
+        _check(k, headers[k][0], headers[k][1], v.shape, v.is_floating_point(), "the model's config")
+
+def _checked_skeleton(ckpt, dtype=torch.float16, backend:str="auto", model_cls=None):
+    "The checkpoint's model on the meta device with empty `QuantLinear`s, every tensor checked against the headers."
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
-    ckpt = _resolve(path_or_repo, revision, token)
+    from transformers import AutoConfig, AutoModelForCausalLM
     qd = read_quant_config(ckpt)
     qc = _quant_config_obj({k: v for k, v in qd.items() if k != "dynamic" or v}, f"{ckpt}/quantize_config.json")
     files = checkpoint_files(ckpt)
@@ -297,22 +310,22 @@ def from_quantized(path_or_repo, device="cpu", dtype=torch.float16, backend:str=
         if f"{name}.qweight" in headers and name not in selected and (isinstance(m, nn.Linear) or _is_conv1d(m)):
             warnings.warn(f"{name} is quantized in the checkpoint but not selected by its config: loading it with the base config.")
             selected[name] = (m, qc)
+    qls = {}
     for name, (m, mc) in selected.items():
         K, N = linear_shape(m)
-        why = f"the config ({mc.bits}-bit, group_size={mc.group_size}, in={K}, out={N})"
         try: ql = QuantLinear(K, N, mc.bits, mc.group_size, m.bias is not None, qc.checkpoint_format, mc.sym, backend, device="meta")
         except ValueError as e: raise CheckpointError(f"layer {name!r}: {e}") from None
-        for t, (shape, dt) in ql.expected_tensors().items():
-            key = f"{name}.{t}"; h = headers.get(key, (None, None))
-            _check(key, h[0], h[1], shape, t in ("scales", "bias"), f"{why} of layer {name!r}")
-        _set_module(model, name, ql)
+        _set_module(model, name, ql); qls[name] = ql
     tied = set(getattr(model, "all_tied_weights_keys", None) or {}) if getattr(cfg, "tie_word_embeddings", False) else set()
-    for k, v in model.state_dict().items():
-        if any(k.startswith(n + ".") for n in selected): continue
-        if k not in headers:
-            if k in tied or v.device.type != "meta": continue   # re-tied below / a buffer keeping its computed value
-            _check(k, None, None, v.shape, None, "the model's config expects it")
-        _check(k, headers[k][0], headers[k][1], v.shape, v.is_floating_point(), "the model's config")
+    check_tensors(model, headers, qls, tied)
+    return model, qd, qc, files, names, headers, tied
+
+def from_quantized(path_or_repo, device="cpu", dtype=torch.float16, backend:str="auto", model_cls=None,
+                   revision=None, token=None):
+    "Load a GPTQ checkpoint (directory or hub repo id) as a model of `QuantLinear` layers, validating every tensor."
+    from transformers import GenerationConfig
+    ckpt = _resolve(path_or_repo, revision, token)
+    model, qd, qc, files, names, headers, tied = _checked_skeleton(ckpt, dtype, backend, model_cls)
     sd = {}
     wanted = set(model.state_dict())
     for f in sorted(set(files.values())):
@@ -339,12 +352,12 @@ def from_quantized(path_or_repo, device="cpu", dtype=torch.float16, backend:str=
 
 # %% ../nbs/12_io.ipynb #c029
 def verify_checkpoint(ckpt_dir):
-    "Check that `ckpt_dir` is a complete GPTQ checkpoint (configs readable, every shard intact); returns its config dict."
+    "Check that `ckpt_dir` is a complete GPTQ checkpoint (configs agree, every shard intact, every tensor present with the shape its config implies); returns its config dict."
     ckpt_dir = Path(ckpt_dir)
     if not (ckpt_dir / "config.json").exists(): raise CheckpointError(f"{ckpt_dir}: no config.json: not a model checkpoint.")
-    qd = read_quant_config(ckpt_dir)
-    for f in sorted(set(checkpoint_files(ckpt_dir).values())): read_header(f)
-    return qd
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # from_quantized's notes on extra tensors: not errors
+        return _checked_skeleton(ckpt_dir)[1]
 
 def push_to_hub(save_dir, repo_id:str, token=None, private:bool=False, commit_message:str="Upload GPTQ checkpoint (gptq_nb)",
                 revision=None):
