@@ -18,8 +18,8 @@ from .experts import to_checkpoint_keys, from_checkpoint_keys, unfuse_for_checkp
 
 # %% auto #0
 __all__ = ['CONFIG_KEYS', 'CheckpointError', 'normalize_quant_config', 'read_quant_config', 'quantized_state_dict', 'parse_size',
-           'shard_state_dict', 'save_quantized', 'read_header', 'checkpoint_files', 'check_tensors', 'from_quantized',
-           'verify_checkpoint', 'push_to_hub']
+           'shard_state_dict', 'checkpoint_dtype', 'save_quantized', 'read_header', 'checkpoint_files', 'vllm_reasons',
+           'vllm_compatible', 'check_tensors', 'from_quantized', 'verify_checkpoint', 'push_to_hub']
 
 # %% ../nbs/12_io.ipynb #c002b
 from .generate import install_generate, standard_layout   # the generate set-up of 15_generate (issue 11)
@@ -141,13 +141,11 @@ def _layer_shapes(model):
         elif hasattr(m, "gptq_result"): K, N = linear_shape(m); out[name] = (K, N, m.gptq_result.group_size)
     return out
 
-def _compat_warnings(shapes):
-    partial = [n for n, (K, N, g) in shapes.items() if g > 0 and K % g]
+def _compat_warnings(shapes, qd:dict|None=None):
     odd = [n for n, (K, N, g) in shapes.items() if K % 32]
-    if partial:
-        warnings.warn(f"{len(partial)} layer(s) (e.g. {partial[0]}) have in_features not divisible by group_size: "
-                      "transformers and gptq_nb load them, vLLM refuses them. Use a group_size dividing in_features "
-                      "(or -1) if the checkpoint is for vLLM.")
+    why = vllm_reasons(qd, {n: (K, N) for n, (K, N, g) in shapes.items()}) if qd is not None else []
+    if why:
+        warnings.warn("vLLM will refuse this checkpoint (transformers, GPTQModel and gptq_nb load it): " + "; ".join(why))
     if odd:
         warnings.warn(f"{len(odd)} layer(s) (e.g. {odd[0]}) have in_features not divisible by 32: some GPTQ loaders "
                       "(AutoGPTQ-style qweight sizing) will reject them.")
@@ -165,15 +163,27 @@ def _umask_modes(d:Path):
     os.chmod(d, 0o777 & ~um)
     for f in d.rglob("*"): os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~um)
 
+def checkpoint_dtype(model, dtype=None):
+    "The dtype of a checkpoint's unquantized tensors: `dtype` if given, else the original `config.json`'s, else the model's 16-bit dtype, else float16."
+    if dtype is not None: return dtype
+    src = Path(str(getattr(model.config, "_name_or_path", "") or "")) / "config.json"
+    if src.is_file():   # the folder the model was loaded from: its own dtype, even if it was loaded in float32
+        j = json.loads(src.read_text()); d = j.get("dtype") or j.get("torch_dtype")
+        if d in ("float16", "bfloat16", "float32"): return getattr(torch, d)
+    mem = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return mem if mem in (torch.float16, torch.bfloat16) else torch.float16
+
 def save_quantized(model, save_dir, config:QuantizeConfig|None=None, tokenizer=None, report=None,
                    max_shard_size="4GB", dtype=None):
-    "Write `model` as a GPTQ checkpoint to `save_dir`, atomically; returns the directory's `Path`."
+    "Write `model` as a GPTQ checkpoint to `save_dir`, atomically; unquantized tensors in `checkpoint_dtype`; returns the directory's `Path`."
     config = config or getattr(model, "gptq_config", None)
     if config is None: raise ValueError("no QuantizeConfig: pass config= or quantize the model with gptq_nb (which sets model.gptq_config).")
     shapes = _layer_shapes(model)
     if not shapes: raise ValueError("the model has no quantized layers (no gptq_result, no QuantLinear): quantize it first.")
-    _compat_warnings(shapes)
-    qdict = {**config.to_dict(), "pack_dtype": "int32", "meta": {"quantizer": ["gptq_nb"]}}
+    from gptq_nb import __version__
+    qdict = {**config.to_dict(), "pack_dtype": "int32", "meta": {"quantizer": [f"gptq_nb:{__version__}"]}}
+    _compat_warnings(shapes, qdict)
+    dtype = checkpoint_dtype(model, dtype)
     save_dir = Path(save_dir); save_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.tmp-", dir=save_dir.parent))
     try:
@@ -196,7 +206,7 @@ def save_quantized(model, save_dir, config:QuantizeConfig|None=None, tokenizer=N
         out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if out_emb is not None and (isinstance(out_emb, QuantLinear) or hasattr(out_emb, "gptq_result")):
             cfg.tie_word_embeddings = False
-        if dtype is not None: cfg.dtype = dtype
+        cfg.dtype = dtype
         cfg.save_pretrained(tmp)
         if getattr(model, "generation_config", None) is not None: model.generation_config.save_pretrained(tmp)
         if tokenizer is not None: tokenizer.save_pretrained(tmp)
@@ -250,6 +260,40 @@ def checkpoint_files(ckpt_dir):
         raise CheckpointError(f"{ckpt_dir}: no .safetensors weights" + (f" (found {pickles[0]}: pickle files are never "
                               "loaded, convert them to safetensors)" if pickles else "") + ".")
     return {k: f for f in files for k in read_header(f)}
+
+# %% ../nbs/12_io.ipynb #c015w
+def vllm_reasons(qd:dict, layers:dict, cpu:bool=True):
+    "Why vLLM would refuse a checkpoint with GPTQ config `qd` and quantized layers `{name: (in, out)}` (empty: it loads)."
+    qc = QuantizeConfig.from_dict({k: v for k, v in qd.items() if k != "dynamic" or v})
+    out, seen = [], set()
+    def say(msg):
+        if msg not in seen: seen.add(msg); out.append(msg)
+    for name, (K, N) in layers.items():
+        c = qc.for_module(name) or qc
+        if not c.sym or c.bits not in (4, 8):
+            say(f"it loads symmetric 4- and 8-bit GPTQ only, this is {'symmetric' if c.sym else 'asymmetric'} {c.bits}-bit "
+                "(use sym=True, bits=4)")
+        elif cpu and c.bits != 4: say("its CPU kernel is 4-bit only (8-bit needs a GPU)")
+        if c.desc_act and c.group_size != -1: say("it no longer supports act-order with groups (use desc_act=False)")
+        if c.group_size not in (-1, 32, 64, 128): say(f"group_size={c.group_size}: it supports -1, 32, 64 and 128")
+        elif c.group_size > 0 and K % c.group_size:
+            say(f"{name} has in_features={K}, not a multiple of group_size={c.group_size}: a partial last group "
+                "(use a group_size that divides every layer's in_features, or -1)")
+        if cpu and (K % 32 or N % 32): say(f"{name} is {K}x{N}: its CPU kernel needs both multiples of 32")
+    return out
+
+def vllm_compatible(ckpt_dir, cpu:bool=True):
+    "`(ok, reasons)`: whether vLLM loads the GPTQ checkpoint in `ckpt_dir` (on CPU if `cpu`), and why not."
+    qd = read_quant_config(ckpt_dir)
+    qc = _quant_config_obj({k: v for k, v in qd.items() if k != "dynamic" or v}, f"{ckpt_dir}/quantize_config.json")
+    layers = {}
+    for f in sorted(set(checkpoint_files(ckpt_dir).values())):
+        for k, (shape, dt) in read_header(f).items():
+            if not k.endswith(".qweight"): continue
+            name = k[:-len(".qweight")]
+            layers[name] = (shape[0] * 32 // (qc.for_module(name) or qc).bits, shape[1])   # qweight is [in·bits/32, out]
+    why = vllm_reasons(qd, layers, cpu)
+    return not why, why
 
 # %% ../nbs/12_io.ipynb #c017
 def _resolve(path_or_repo, revision=None, token=None):

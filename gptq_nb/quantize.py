@@ -149,7 +149,7 @@ def _solve_linears(ctx, bi:int, stage:int, items:list, H:Hessian, extra:dict|Non
         Ws = [linear_weight(mods[n]).detach().to(torch.float32, copy=True) for n in names]  # copies: weights are overwritten
         res = gptq_quantize_many(Ws, H.H, lcfg.bits, lcfg.group_size, lcfg.sym, lcfg.desc_act, lcfg.static_groups,
                                  lcfg.damp_percent, lcfg.mse, lcfg.blocksize, act_group_aware=lcfg.act_group_aware,
-                                 names=names)
+                                 names=names, zero_min=lcfg.zero_min)
         done.update({n: (W, r, lcfg) for n, W, r in zip(names, Ws, res)})
     for full, module, mod in items:   # report rows in the block's order, whatever the grouping
         if full in done:
