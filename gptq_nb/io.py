@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from .quant import QuantizeConfig, SUPPORTED_BITS
 from .pack import FORMATS, pack_weight, convert_qzeros
-from .model import linear_shape
+from .model import linear_shape, check_causal_lm
 from .qlinear import QuantLinear, MergedProjection, quantizable_linears, _set_module, _is_conv1d
 from .experts import to_checkpoint_keys, from_checkpoint_keys, unfuse_for_checkpoint   # MoE (notebook 17)
 
@@ -178,6 +178,7 @@ def save_quantized(model, save_dir, config:QuantizeConfig|None=None, tokenizer=N
     "Write `model` as a GPTQ checkpoint to `save_dir`, atomically; unquantized tensors in `checkpoint_dtype`; returns the directory's `Path`."
     config = config or getattr(model, "gptq_config", None)
     if config is None: raise ValueError("no QuantizeConfig: pass config= or quantize the model with gptq_nb (which sets model.gptq_config).")
+    check_causal_lm(model)
     shapes = _layer_shapes(model)
     if not shapes: raise ValueError("the model has no quantized layers (no gptq_result, no QuantLinear): quantize it first.")
     from gptq_nb import __version__

@@ -14,7 +14,7 @@ from .hessian import Hessian, HessianHooks
 from .gptq import gptq_quantize_many
 from .model import (find_blocks, find_linears, find_stages, capture_block_inputs, linear_weight,
                            set_linear_weight, linear_shape, StopForward, to_device)
-from .model import probe_block, find_experts, find_routers, expert_of, unpackable
+from .model import probe_block, find_experts, find_routers, expert_of, unpackable, check_causal_lm
 from .experts import MoEExperts, unfuse_experts, planned_expert_linears
 
 # %% auto #0
@@ -380,6 +380,7 @@ def quantize(model:nn.Module,            # a Hugging Face causal LM (modified in
             ) -> QuantReport:
     "Quantize `model`'s decoder blocks (and `lm_head` if `config.lm_head`) with GPTQ; returns the per-layer report."
     config = config or QuantizeConfig()
+    check_causal_lm(model)   # an encoder would be quantized and saved only to be refused by every loader
     device = torch.device(device) if device is not None else _default_device()
     t0 = time.perf_counter()
     prefix, blocks = find_blocks(model)
