@@ -282,8 +282,8 @@ def get_calibration(source,                   # list of str / token-id lists / 1
             if tokenizer is None:
                 raise ValueError("Calibration texts need a tokenizer: pass tokenizer=AutoTokenizer.from_pretrained(...), "
                                  "or pass token ids instead of strings.")
-            b = bos_id(tokenizer, bos)
-            it = ([] if b is None else [b]) + _encode(tokenizer, it)
+            b, it = bos_id(tokenizer, bos), _encode(tokenizer, it)
+            if b is not None and it: it = [b] + it   # an empty text stays empty (and is dropped)
         s = _as_sample(it, seqlen)
         if s is not None: out.append(s)
     if not out:

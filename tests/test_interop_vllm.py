@@ -14,7 +14,11 @@ pytestmark = pytest.mark.skipif(not VLLM_PY.exists(), reason=f"no vLLM venv at {
 
 TEXTS = ["The capital of France is", "def fibonacci(n):", "Quantization maps a continuous range", "Once upon a time"]
 NEW = 16          # greedy tokens per prompt
-MATCH_FIRST = 8   # every prompt's first tokens must agree exactly; later ones may part after a near-tie in bfloat16
+# Both run in bfloat16 (vLLM's GPTQ path takes float16/bfloat16 only) with different kernels, so a near-tie can go
+# either way and free-running sequences then part. The check is teacher-forced on vLLM's own output: at every step
+# gptq_nb's greedy choice is vLLM's token, or vLLM's token is within TIE logits of it (a bfloat16 near-tie).
+TIE = 0.25
+AGREE = 0.9       # and at least this fraction of the steps choose exactly vLLM's token
 
 
 def _default_checkpoint(tmp_path, gguf):
@@ -47,13 +51,18 @@ def test_vllm_generates_our_greedy_tokens(tmp_path, default_gguf):
     res = json.loads((tmp_path / "vllm.json").read_text()) if (tmp_path / "vllm.json").exists() else {}
     assert r.returncode == 0 and "tokens" in res, f"vLLM refused the checkpoint: {res.get('error') or r.stderr[-3000:]}"
     model = from_quantized(ck, dtype=torch.bfloat16)
-    ours = []
-    for p in prompts:
+    ours, same, gaps = [], 0, []
+    for p, y in zip(prompts, res["tokens"]):
         with torch.no_grad():
             out = model.generate(torch.tensor([p]), max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False)
+            lg = model(torch.tensor([p + y])).logits[0, len(p) - 1:-1].float()   # teacher-forced on vLLM's tokens
         ours.append(out[0, len(p):].tolist())
-    agree = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), NEW) for x, y in zip(ours, res["tokens"])]
-    print(f"vLLM {res['vllm']} ({res.get('quant_method')}): tokens agreeing before the first difference {agree} of {NEW}")
+        same += int((lg.argmax(-1) == torch.tensor(y)).sum())
+        gaps.append(float((lg.max(-1).values - lg.gather(1, torch.tensor(y)[:, None])[:, 0]).max()))
+    prefix = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), NEW) for x, y in zip(ours, res["tokens"])]
+    n = NEW * len(prompts)
+    print(f"vLLM {res['vllm']} ({res.get('quant_method')}): teacher-forced greedy agreement {same}/{n}, largest logit gap "
+          f"to vLLM's token {max(gaps):.3f}; free-running tokens equal before the first difference {prefix} of {NEW}")
     for t, x, y in zip(TEXTS, ours, res["tokens"]):
         print(f"{t!r}: gptq_nb {tok.decode(x)!r} | vLLM {tok.decode(y)!r}")
-    assert min(agree) >= MATCH_FIRST, (agree, ours, res["tokens"])
+    assert max(gaps) <= TIE and same >= AGREE * n, (same, n, gaps, prefix)
