@@ -266,7 +266,7 @@ def checkpoint_files(ckpt_dir):
 def vllm_reasons(qd:dict, layers:dict, cpu:bool=True):
     "Why vLLM would refuse a checkpoint with GPTQ config `qd` and quantized layers `{name: (in, out)}` (empty: it loads)."
     qc = QuantizeConfig.from_dict({k: v for k, v in qd.items() if k != "dynamic" or v})
-    out, seen = [], set()
+    out, seen, partial, narrow = [], set(), [], []
     def say(msg):
         if msg not in seen: seen.add(msg); out.append(msg)
     for name, (K, N) in layers.items():
@@ -277,10 +277,15 @@ def vllm_reasons(qd:dict, layers:dict, cpu:bool=True):
         elif cpu and c.bits != 4: say("its CPU kernel is 4-bit only (8-bit needs a GPU)")
         if c.desc_act and c.group_size != -1: say("it no longer supports act-order with groups (use desc_act=False)")
         if c.group_size not in (-1, 32, 64, 128): say(f"group_size={c.group_size}: it supports -1, 32, 64 and 128")
-        elif c.group_size > 0 and K % c.group_size:
-            say(f"{name} has in_features={K}, not a multiple of group_size={c.group_size}: a partial last group "
-                "(use a group_size that divides every layer's in_features, or -1)")
-        if cpu and (K % 32 or N % 32): say(f"{name} is {K}x{N}: its CPU kernel needs both multiples of 32")
+        elif c.group_size > 0 and K % c.group_size: partial.append((name, K, c.group_size))
+        if cpu and (K % 32 or N % 32): narrow.append((name, K, N))
+    if partial:
+        (name, K, g), n = partial[0], len(partial)
+        say(f"{n} layer(s), e.g. {name}, have a partial last group ({name} has in_features={K}, not a multiple of "
+            f"group_size={g}): use a group_size that divides every layer's in_features, or -1")
+    if narrow:
+        (name, K, N), n = narrow[0], len(narrow)
+        say(f"{n} layer(s), e.g. {name} ({K}x{N}), are not multiples of 32 both ways, which its CPU kernel needs")
     return out
 
 def vllm_compatible(ckpt_dir, cpu:bool=True):
