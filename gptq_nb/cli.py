@@ -148,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Quantize MODEL (a model folder, a .gguf file, or 'default' for SmolLM2-135M) "
                                    "with GPTQ and write the standard checkpoint to OUT.")
     q.add_argument("model"); q.add_argument("out")
-    q.add_argument("--preset", choices=["best", "gptqmodel"], default=None,
-                   help="best: act-order, static groups, asymmetric, MSE clip; gptqmodel: GPTQModel's defaults")
+    q.add_argument("--preset", choices=["best", "gptqmodel", "vllm"], default=None,
+                   help="best: act-order, static groups, asymmetric, MSE clip; gptqmodel: GPTQModel's defaults; "
+                        "vllm: symmetric, group-aware order, MSE clip (vLLM loads it with a group size dividing the widths)")
     add_config_flags(q)
     c = q.add_argument_group("calibration")
     c.add_argument("--calibration", default="c4", help="c4, wikitext2, or a text file/folder (default c4)")

@@ -10,8 +10,8 @@ import torch
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['default_data_dir', 'tiny_tokenizer', 'wikitext2_test_text', 'sample_windows', 'named_docs', 'get_calibration',
-           'c4_calibration']
+__all__ = ['default_data_dir', 'tiny_tokenizer', 'default_bos', 'bos_id', 'wikitext2_test_text', 'sample_windows', 'named_docs',
+           'get_calibration', 'c4_calibration']
 
 # %% ../nbs/01_data.ipynb #c005
 def _repo_dir():
@@ -47,16 +47,17 @@ _TINY_CACHE = {}
 
 def tiny_tokenizer(texts:list[str]|None=None, # training lines; None: 400 lines of WikiText valid (or a built-in paragraph)
                    vocab_size:int=512,        # target vocabulary, including the 256 byte tokens and `<|endoftext|>`
+                   add_bos:bool=False,        # put `<|endoftext|>` in front of every text by default (like Gemma's/Llama's BOS)
                   ):
     "A small byte-level BPE `transformers` tokenizer trained locally; `<|endoftext|>` is BOS, EOS, PAD and UNK."
-    from tokenizers import Tokenizer, models, trainers, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, models, trainers, pre_tokenizers, decoders, processors
     from transformers import PreTrainedTokenizerFast
     if texts is None:
         d = default_data_dir(); f = d / "wikitext2" / "wiki.valid.raw" if d else None
         if f is not None and f.exists():
             with open(f, encoding="utf-8") as fh: texts = list(itertools.islice(fh, 400))
         else: texts = _FALLBACK_TEXT.splitlines(keepends=True)
-    key = (tuple(texts), vocab_size)
+    key = (tuple(texts), vocab_size, add_bos)
     if key in _TINY_CACHE: return _TINY_CACHE[key]
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -65,6 +66,7 @@ def tiny_tokenizer(texts:list[str]|None=None, # training lines; None: 400 lines 
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tk.train_from_iterator(texts, trainer)
     eot = "<|endoftext|>"
+    if add_bos: tk.post_processor = processors.TemplateProcessing(single=f"{eot} $A", special_tokens=[(eot, tk.token_to_id(eot))])
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=eot, eos_token=eot, pad_token=eot, unk_token=eot)
     _TINY_CACHE[key] = tok
     return tok
@@ -79,6 +81,25 @@ def _encode(tokenizer, text:str) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False).ids
     try: return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
     except TypeError: return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+def _ids(tokenizer, text:str, special:bool) -> list[int]:
+    if hasattr(tokenizer, "encode_batch"): return tokenizer.encode(text, add_special_tokens=special).ids
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+def default_bos(tokenizer) -> int|None:
+    "The id of the BOS token `tokenizer` puts in front of a text by default, or `None` if it adds none."
+    if tokenizer is None: return None
+    plain, full = _ids(tokenizer, "a", False), _ids(tokenizer, "a", True)
+    return full[0] if len(full) > len(plain) and full[len(full) - len(plain):] == plain else None
+
+def bos_id(tokenizer, bos:bool|None=None) -> int|None:
+    "The BOS id windows start with: `bos=None` follows the tokenizer's default, `True` forces its BOS, `False` none."
+    if bos is None: return default_bos(tokenizer)
+    if not bos: return None
+    b = default_bos(tokenizer)
+    if b is None: b = getattr(tokenizer, "bos_token_id", None)
+    if b is None: raise ValueError("bos=True, but the tokenizer has no BOS token: pass bos=None or bos=False.")
+    return b
 
 # %% ../nbs/01_data.ipynb #c016
 def _wikitext_rows(path) -> list[str]:
@@ -151,26 +172,30 @@ def sample_windows(docs:list[str],     # documents to draw from
                    seqlen:int=512,      # tokens per window
                    seed:int=0,          # seed of `random.Random`
                    progress:bool=True,  # show a progress bar when sampling takes more than a second
+                   bos:bool|None=None,  # start each window with BOS: None = if the tokenizer adds one by default
                   ) -> list[torch.Tensor]:
-    "`n_samples` windows of exactly `seqlen` token ids, drawn from `docs` with `PROTOCOL.md` A1's recipe."
+    "`n_samples` windows of exactly `seqlen` token ids, drawn from `docs` with `PROTOCOL.md` A1's recipe (BOS + `seqlen-1` text tokens when BOS is on)."
     if not docs: raise ValueError("No documents to sample from: pass a non-empty list, file or folder of text.")
     if n_samples < 1: raise ValueError(f"n_samples={n_samples}: ask for at least 1 calibration window.")
     if seqlen < 1: raise ValueError(f"seqlen={seqlen}: windows need at least 1 token.")
+    b = bos_id(tokenizer, bos); head = [] if b is None else [b]
+    L = seqlen - len(head)   # text tokens per window
+    if L < 1: raise ValueError(f"seqlen={seqlen} leaves no room for text after the BOS token: use seqlen >= 2.")
     rng, cache, short, out = random.Random(seed), {}, set(), []
     with tqdm(total=n_samples, desc="calibration windows", disable=not progress, delay=1.0) as bar:
         while len(out) < n_samples:
             j = rng.randrange(len(docs))
             if j not in cache: cache[j] = torch.tensor(_encode(tokenizer, docs[j]), dtype=torch.long)
             ids = cache[j]
-            if len(ids) <= seqlen:
+            if len(ids) <= L:
                 short.add(j)
                 if len(short) == len(docs):
                     longest = max(len(v) for v in cache.values())
                     raise ValueError(f"All {len(docs)} documents have <= seqlen={seqlen} tokens (the longest has "
                                      f"{longest}): use a smaller seqlen (< {longest}), or longer documents.")
                 continue
-            i = rng.randrange(len(ids) - seqlen)
-            out.append(ids[i:i + seqlen]); bar.update(1)
+            i = rng.randrange(len(ids) - L)
+            out.append(torch.cat([torch.tensor(head, dtype=torch.long), ids[i:i + L]])); bar.update(1)
     return out
 
 # %% ../nbs/01_data.ipynb #c031
@@ -228,6 +253,7 @@ def get_calibration(source,                   # list of str / token-id lists / 1
                     seqlen:int=512,           # tokens per window (the maximum for user samples)
                     seed:int=0,               # seed of the A1 sampling recipe
                     progress:bool=True,       # progress bar while sampling (shown only when slow)
+                    bos:bool|None=None,       # texts and sampled windows start with BOS: None = if the tokenizer adds one
                    ) -> list[dict]:
     "Calibration samples `[{'input_ids': LongTensor[L], 'attention_mask': LongTensor[L]}]`, `L <= seqlen`."
     if source is None: raise ValueError("source is None: pass texts, token ids, a path, or a name like 'c4'.")
@@ -242,7 +268,7 @@ def get_calibration(source,                   # list of str / token-id lists / 1
         else:
             raise ValueError(f"{str(source)[:60]!r} is neither an existing path nor a dataset name. To calibrate on a "
                              "text, wrap it in a list: get_calibration([text], tokenizer).")
-        return [_as_sample(w, seqlen) for w in sample_windows(docs, tokenizer, n_samples, seqlen, seed, progress)]
+        return [_as_sample(w, seqlen) for w in sample_windows(docs, tokenizer, n_samples, seqlen, seed, progress, bos)]
     if isinstance(source, torch.Tensor) and source.ndim == 2: source = list(source)
     items = list(source)
     if not items: raise ValueError("The calibration source is empty: pass at least one text or token sequence.")
@@ -256,7 +282,8 @@ def get_calibration(source,                   # list of str / token-id lists / 1
             if tokenizer is None:
                 raise ValueError("Calibration texts need a tokenizer: pass tokenizer=AutoTokenizer.from_pretrained(...), "
                                  "or pass token ids instead of strings.")
-            it = _encode(tokenizer, it)
+            b, it = bos_id(tokenizer, bos), _encode(tokenizer, it)
+            if b is not None and it: it = [b] + it   # an empty text stays empty (and is dropped)
         s = _as_sample(it, seqlen)
         if s is not None: out.append(s)
     if not out:
@@ -264,6 +291,7 @@ def get_calibration(source,                   # list of str / token-id lists / 1
     return out
 
 # %% ../nbs/01_data.ipynb #c043
-def c4_calibration(tokenizer, n_samples:int=128, seqlen:int=512, seed:int=0, path=None, progress:bool=True) -> list[dict]:
+def c4_calibration(tokenizer, n_samples:int=128, seqlen:int=512, seed:int=0, path=None, progress:bool=True,
+                   bos:bool|None=None) -> list[dict]:
     "`PROTOCOL.md` A1 calibration: `n_samples` windows of `seqlen` tokens from C4 (`path`: file/folder; `None`: data dir, then hub)."
-    return get_calibration("c4" if path is None else path, tokenizer, n_samples, seqlen, seed, progress)
+    return get_calibration("c4" if path is None else path, tokenizer, n_samples, seqlen, seed, progress, bos)

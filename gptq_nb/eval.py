@@ -8,7 +8,7 @@ import math, itertools
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .data import _encode, wikitext2_test_text
+from .data import _encode, bos_id, wikitext2_test_text
 
 # %% auto #0
 __all__ = ['eval_windows', 'perplexity', 'a1_perplexity', 'model_size']
@@ -18,10 +18,12 @@ def eval_windows(tokenizer,                 # Hugging Face tokenizer
                  text:str,                  # the evaluation text, e.g. `wikitext2_test_text()`
                  seqlen:int=2048,           # tokens per window
                  n_windows:int|None=None,   # keep the first `n_windows`; None = all complete windows
+                 bos:bool|None=None,        # start each window with BOS: None = if the tokenizer adds one by default
                 ) -> torch.Tensor:
-    "Non-overlapping windows `LongTensor[n, seqlen]` of `text`, tokenized once without special tokens."
+    "Non-overlapping windows `LongTensor[n, seqlen]` of `text`, tokenized once without special tokens (BOS + `seqlen-1` text tokens when BOS is on)."
     ids = torch.tensor(_encode(tokenizer, text), dtype=torch.long)
-    n = len(ids) // seqlen
+    b = bos_id(tokenizer, bos); L = seqlen - (b is not None)   # text tokens per window
+    n = len(ids) // L if L > 0 else 0
     if n == 0:
         raise ValueError(f"The text has {len(ids)} tokens, fewer than one window of seqlen={seqlen}: use a longer text "
                          "or a smaller seqlen.")
@@ -30,7 +32,8 @@ def eval_windows(tokenizer,                 # Hugging Face tokenizer
             raise ValueError(f"n_windows={n_windows}, but the text has {n} complete windows of {seqlen} tokens: pass "
                              f"1 <= n_windows <= {n}, or None for all of them.")
         n = n_windows
-    return ids[:n * seqlen].view(n, seqlen)
+    w = ids[:n * L].view(n, L)
+    return w if b is None else torch.cat([torch.full((n, 1), b, dtype=torch.long), w], 1)
 
 # %% ../nbs/06_eval.ipynb #c008
 def _nll(logits, targets, chunk:int=512):
@@ -87,9 +90,10 @@ def perplexity(model,                   # a causal LM returning `.logits`
 def a1_perplexity(model, tokenizer,
                   n_windows:int|None=40,   # 40 = A1-quick; None = all 148 windows (A1-full)
                   path=None,               # wiki.test.raw or a data folder; None = the default data folder
-                  batch_size:int=1, device=None, progress:bool=True) -> float:
+                  batch_size:int=1, device=None, progress:bool=True,
+                  bos:bool|None=None) -> float:   # None: BOS first if the tokenizer adds one (SmolLM2's doesn't)
     "WikiText-2 test perplexity under `PROTOCOL.md` A1 (2048-token windows; `n_windows=40` is A1-quick)."
-    windows = eval_windows(tokenizer, wikitext2_test_text(path), seqlen=2048, n_windows=n_windows)
+    windows = eval_windows(tokenizer, wikitext2_test_text(path), seqlen=2048, n_windows=n_windows, bos=bos)
     return perplexity(model, windows, batch_size=batch_size, device=device, progress=progress)
 
 # %% ../nbs/06_eval.ipynb #c020

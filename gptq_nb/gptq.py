@@ -60,7 +60,7 @@ def processing_order(h_diag, K:int, group_size:int, desc_act:bool, act_group_awa
 
 # %% ../nbs/03_gptq.ipynb #c015
 def _solve_setup(W, H, bits:int, group_size:int, sym:bool, desc_act:bool, static_groups:bool, mse:float,
-                 act_group_aware:bool):
+                 act_group_aware:bool, zero_min:int=0):
     """What every solver does before its column loop, on fresh copies `W` `[N, K]` and `H`: dead inputs zeroed,
     static grids fixed, columns ordered. Returns (W, H) in processing order, the grids, `perm` (or None), the original
     column at each position, each position's group and the group sizes."""
@@ -71,7 +71,7 @@ def _solve_setup(W, H, bits:int, group_size:int, sym:bool, desc_act:bool, static
     scales, zeros = (torch.zeros(G, N, dtype=W.dtype, device=W.device) for _ in range(2))
     if static_groups:
         for gi in range(G):
-            s, z = grid_params(W[:, gi*g:(gi+1)*g], bits, sym, mse); scales[gi], zeros[gi] = s[:, 0], z[:, 0]
+            s, z = grid_params(W[:, gi*g:(gi+1)*g], bits, sym, mse, zero_min=zero_min); scales[gi], zeros[gi] = s[:, 0], z[:, 0]
     perm = processing_order(torch.diag(H), K, g, desc_act, act_group_aware)
     if perm is not None: W, H = W[:, perm], H[perm][:, perm]
     # group of each processing position: by position under act-order, else the original column's group
@@ -81,7 +81,7 @@ def _solve_setup(W, H, bits:int, group_size:int, sym:bool, desc_act:bool, static
 
 def gptq_reference(W, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act:bool=False,
                    static_groups:bool=False, damp_percent:float=0.01, mse:float=0.0, blocksize:int=128,
-                   dtype=torch.float32, rtn:bool=True, act_group_aware:bool=False):
+                   dtype=torch.float32, rtn:bool=True, act_group_aware:bool=False, zero_min:int=0):
     "GPTQ of `W` `[N, K]` given its input Hessian `H` `[K, K]`, plainly (one Python step per column): the specification `gptq_quantize` is tested against."
     check_bits_group(bits, group_size)
     t0 = time.perf_counter()
@@ -94,7 +94,7 @@ def gptq_reference(W, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act
     W0, H0 = W, H
     W, H = W.to(dtype).clone(), H.to(W.device, dtype).clone()
     W, H, scales, zeros, perm, natural, gpos, gsize = _solve_setup(W, H, bits, group_size, sym, desc_act, static_groups,
-                                                                   mse, act_group_aware)
+                                                                   mse, act_group_aware, zero_min)
     G = len(gsize)
     U, damp = inverse_cholesky(H, damp_percent)
     del H
@@ -112,7 +112,7 @@ def gptq_reference(W, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act
                     if not static_groups:               # choose its grid from the columns as they are now
                         n = gsize[gi]
                         ahead = torch.addmm(Wt[i2:col + n], U[i1:col, i2:col + n].T, Err1[:i], alpha=-1)  # + pending
-                        sc, zc = grid_params(torch.cat([W1[i:], ahead])[:n].T, bits, sym, mse)
+                        sc, zc = grid_params(torch.cat([W1[i:], ahead])[:n].T, bits, sym, mse, zero_min=zero_min)
                         scales[gi], zeros[gi] = sc[:, 0], zc[:, 0]
                     s, z = scales[gi], zeros[gi]
                 w = W1[i]
@@ -131,7 +131,7 @@ def gptq_reference(W, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act
                          perm)
     H0 = H0.to(W.device)
     loss = proxy_loss(W0, qw.dequantize(), H0)
-    rtn_qw = rtn_quantize(W0, bits, group_size, sym, mse) if rtn else None
+    rtn_qw = rtn_quantize(W0, bits, group_size, sym, mse, zero_min) if rtn else None
     rtn_loss = proxy_loss(W0, rtn_qw.dequantize(), H0) if rtn else float("nan")
     return GPTQResult(qw, loss, rtn_loss, damp, time.perf_counter() - t0, rtn_qw)
 
@@ -218,7 +218,7 @@ def _check_layer(W, H, name:str=""):
 def gptq_quantize_many(Ws:list, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act:bool=False,
                        static_groups:bool=False, damp_percent:float=0.01, mse:float=0.0, blocksize:int=128,
                        dtype=torch.float32, rtn:bool=True, act_group_aware:bool=False, kernel:str="auto", names=None,
-                       extra_update=None):
+                       extra_update=None, zero_min:int=0):
     """Quantize several weights `[N_j, K]` that share the input Hessian `H` (q/k/v, gate/up) in one solve: a `GPTQResult` each.
     `extra_update(U, perm, dead)` may return a strictly upper-triangular `P` `[K, K]` (processing order): each column
     `j` then also gains `Σ_{i<j} w_i·P[i, j]`, `w_i` column `i` as it was quantized (GPTAQ, notebook 31; column loop only)."""
@@ -232,7 +232,7 @@ def gptq_quantize_many(Ws:list, H, bits:int=4, group_size:int=128, sym:bool=True
     H0, H = H, H.to(dev, dtype).clone()
     dead = torch.diag(H) == 0
     W, H, scales, zeros, perm, natural, gpos, gsize = _solve_setup(W, H, bits, group_size, sym, desc_act, static_groups,
-                                                                   mse, act_group_aware)
+                                                                   mse, act_group_aware, zero_min)
     G = len(gsize)
     U, damp = inverse_cholesky(H, damp_percent)
     del H
@@ -251,7 +251,7 @@ def gptq_quantize_many(Ws:list, H, bits:int=4, group_size:int=128, sym:bool=True
         for i1, i2 in lazy_blocks(gpos, blocksize, static_groups):
             gi = gpos[i1]
             if not static_groups and (i1 == 0 or gpos[i1 - 1] != gi):   # a group starts: all its columns are up to date
-                sc, zc = grid_params(Wt[i1:i1 + gsize[gi]].T.contiguous(), bits, sym, mse)  # rows: fast reductions
+                sc, zc = grid_params(Wt[i1:i1 + gsize[gi]].T.contiguous(), bits, sym, mse, zero_min=zero_min)  # rows: fast reductions
                 scales[gi], zeros[gi] = sc[:, 0], zc[:, 0]
             W1, U1, Err1 = Wt[i1:i2], U[i1:i2, i1:i2], Err[:i2 - i1]
             if fused: _block_triton(W1, U1, scales, zeros, gid_t[i1:i2], maxq, codes[i1:i2], Err1)
@@ -272,20 +272,20 @@ def gptq_quantize_many(Ws:list, H, bits:int=4, group_size:int=128, sym:bool=True
                              zeros[:, off:off + n].float(), g_idx.clone(), bits, group_size, sym,
                              None if perm is None else perm.clone())   # each result owns its tensors
         off += n
-        out.append(_result(W0, H0, qw, damp, seconds * n / N, rtn, bits, group_size, sym, mse))
+        out.append(_result(W0, H0, qw, damp, seconds * n / N, rtn, bits, group_size, sym, mse, zero_min))
     return out
 
-def _result(W0, H0, qw, damp, seconds, rtn, bits, group_size, sym, mse):
+def _result(W0, H0, qw, damp, seconds, rtn, bits, group_size, sym, mse, zero_min=0):
     "The `GPTQResult` of one solved weight: proxy losses against the undamped `H`, and the RTN baseline."
     t0, H0 = time.perf_counter(), H0.to(W0.device)
     loss = proxy_loss(W0, qw.dequantize(), H0)
-    rtn_qw = rtn_quantize(W0, bits, group_size, sym, mse) if rtn else None
+    rtn_qw = rtn_quantize(W0, bits, group_size, sym, mse, zero_min) if rtn else None
     rtn_loss = proxy_loss(W0, rtn_qw.dequantize(), H0) if rtn else float("nan")
     return GPTQResult(qw, loss, rtn_loss, damp, seconds + time.perf_counter() - t0, rtn_qw)
 
 def gptq_quantize(W, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act:bool=False,
                   static_groups:bool=False, damp_percent:float=0.01, mse:float=0.0, blocksize:int=128,
-                  dtype=torch.float32, rtn:bool=True, act_group_aware:bool=False, kernel:str="auto"):
+                  dtype=torch.float32, rtn:bool=True, act_group_aware:bool=False, kernel:str="auto", zero_min:int=0):
     "Quantize `W` `[N, K]` given its input Hessian `H` `[K, K]` with GPTQ; returns a `GPTQResult` (same as `gptq_reference`, faster)."
     return gptq_quantize_many([W], H, bits, group_size, sym, desc_act, static_groups, damp_percent, mse, blocksize,
-                              dtype, rtn, act_group_aware, kernel)[0]
+                              dtype, rtn, act_group_aware, kernel, zero_min=zero_min)[0]

@@ -14,7 +14,7 @@ from transformers.utils.quantization_config import GPTQConfig as _HFGPTQConfig
 from .quant import SUPPORTED_BITS
 from .model import linear_shape
 from .qlinear import QuantLinear, quantizable_linears, _set_module, _is_conv1d
-from .io import normalize_quant_config, read_quant_config, read_header, CheckpointError, _quant_config_obj
+from .io import normalize_quant_config, read_quant_config, read_header, check_tensors, CheckpointError, _quant_config_obj
 from .experts import from_checkpoint_keys, unfuse_for_checkpoint   # MoE (notebook 17)
 from .generate import install_generate
 
@@ -33,9 +33,9 @@ class GPTQConfig(_HFGPTQConfig):
 
     def post_init(self):
         if self.bits not in SUPPORTED_BITS:
-            raise ValueError(f"bits={self.bits} is not supported: GPTQ checkpoints use {SUPPORTED_BITS} bits.")
+            raise CheckpointError(f"quantization_config: bits={self.bits!r} is not supported: the GPTQ format packs {SUPPORTED_BITS} bits.")
         if self.group_size != -1 and self.group_size <= 0:
-            raise ValueError(f"group_size={self.group_size}: use -1 or a positive integer.")
+            raise CheckpointError(f"quantization_config: group_size={self.group_size!r} is invalid: use -1 or a positive integer.")
         if self.backend is None: self.backend = "auto"
 
 # %% ../nbs/13_hf.ipynb #c007
@@ -61,9 +61,9 @@ class GptqNbHfQuantizer(HfQuantizer):
     def update_device_map(self, device_map): return device_map
 
     def _config_dict(self, checkpoint_files):
-        if checkpoint_files:
-            try: return read_quant_config(Path(checkpoint_files[0]).parent)
-            except CheckpointError: pass
+        d = Path(checkpoint_files[0]).parent if checkpoint_files else None
+        if d is not None and ((d / "quantize_config.json").exists() or (d / "config.json").exists()):
+            return read_quant_config(d)   # its errors (bits=5, files disagreeing) are the user's answer: never swallowed
         d = self.quantization_config.to_dict()
         for k in _EXTRA_KEYS:
             if hasattr(self.quantization_config, k): d[k] = getattr(self.quantization_config, k)
@@ -81,20 +81,22 @@ class GptqNbHfQuantizer(HfQuantizer):
             for name, m in model.named_modules():
                 if f"{name}.qweight" in headers and name not in selected and (isinstance(m, nn.Linear) or _is_conv1d(m)):
                     selected[name] = (m, qc)
-            missing = [n for n in selected if f"{n}.qweight" not in headers]
-            if missing:
-                raise CheckpointError(f"missing tensor {missing[0] + '.qweight'!r}: the config quantizes {missing[0]!r} "
-                                      "but the checkpoint has no packed weight for it.")
+        qls = {}
         for name, (m, mc) in selected.items():
             K, N = linear_shape(m)
-            ql = QuantLinear(K, N, mc.bits, mc.group_size, m.bias is not None, qc.checkpoint_format, mc.sym,
-                             self.backend, device="meta")
-            _set_module(model, name, ql)
+            try: ql = QuantLinear(K, N, mc.bits, mc.group_size, m.bias is not None, qc.checkpoint_format, mc.sym,
+                                  self.backend, device="meta")
+            except ValueError as e: raise CheckpointError(f"layer {name!r}: {e}") from None
+            _set_module(model, name, ql); qls[name] = ql
             parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
             if parent is not model:   # its init (e.g. GPT-2's scaled c_proj.weight, Mamba's out_proj) would touch a weight QuantLinear
                 parent._is_hf_initialized = True   # hasn't; its own parameters come from the checkpoint
         if qd.get("lm_head") and getattr(model.config, "tie_word_embeddings", False):
             model.config.tie_word_embeddings = False
+        if headers:   # transformers would log a missing tensor as "MISSING" and leave uninitialised memory in its place
+            tied = (set(getattr(model, "all_tied_weights_keys", None) or {})
+                    if getattr(model.config, "tie_word_embeddings", False) else set())
+            check_tensors(model, headers, qls, tied)
         model.gptq_config = qc
         return model
 

@@ -12,14 +12,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from .quant import QuantizeConfig, SUPPORTED_BITS
 from .pack import FORMATS, pack_weight, convert_qzeros
-from .model import linear_shape
+from .model import linear_shape, check_causal_lm
 from .qlinear import QuantLinear, MergedProjection, quantizable_linears, _set_module, _is_conv1d
 from .experts import to_checkpoint_keys, from_checkpoint_keys, unfuse_for_checkpoint   # MoE (notebook 17)
 
 # %% auto #0
 __all__ = ['CONFIG_KEYS', 'CheckpointError', 'normalize_quant_config', 'read_quant_config', 'quantized_state_dict', 'parse_size',
-           'shard_state_dict', 'quant_dict', 'write_model_files', 'move_into_place', 'save_quantized', 'read_header',
-           'checkpoint_files', 'model_class', 'from_quantized', 'verify_checkpoint', 'push_to_hub']
+           'shard_state_dict', 'quant_dict', 'write_model_files', 'move_into_place', 'checkpoint_dtype',
+           'save_quantized', 'read_header', 'checkpoint_files', 'vllm_reasons', 'vllm_compatible', 'model_class',
+           'check_tensors', 'from_quantized', 'verify_checkpoint', 'push_to_hub']
 
 # %% ../nbs/12_io.ipynb #c002b
 from .generate import install_generate, standard_layout   # the generate set-up of 15_generate (issue 11)
@@ -35,7 +36,7 @@ def normalize_quant_config(d:dict, source:str="quantization config"):
     d = dict(d); meta = d.get("meta") or {}
     for k in ("damp_percent", "static_groups", "true_sequential", "mse"):
         if k not in d and k in meta: d[k] = meta[k]
-    qm = d.get("quant_method", "gptq")
+    qm = d.get("quant_method", "gptq"); qm = getattr(qm, "value", qm)   # transformers' QuantizationMethod enum
     if str(qm).lower() != "gptq":
         raise CheckpointError(f"{source}: quant_method={qm!r} is not a GPTQ checkpoint; gptq_nb loads quant_method 'gptq' only.")
     fmt = d.get("checkpoint_format") or d.get("format") or "gptq"
@@ -141,13 +142,11 @@ def _layer_shapes(model):
         elif hasattr(m, "gptq_result"): K, N = linear_shape(m); out[name] = (K, N, m.gptq_result.group_size)
     return out
 
-def _compat_warnings(shapes):
-    partial = [n for n, (K, N, g) in shapes.items() if g > 0 and K % g]
+def _compat_warnings(shapes, qd:dict|None=None):
     odd = [n for n, (K, N, g) in shapes.items() if K % 32]
-    if partial:
-        warnings.warn(f"{len(partial)} layer(s) (e.g. {partial[0]}) have in_features not divisible by group_size: "
-                      "transformers and gptq_nb load them, vLLM refuses them. Use a group_size dividing in_features "
-                      "(or -1) if the checkpoint is for vLLM.")
+    why = vllm_reasons(qd, {n: (K, N) for n, (K, N, g) in shapes.items()}) if qd is not None else []
+    if why:
+        warnings.warn("vLLM will refuse this checkpoint (transformers, GPTQModel and gptq_nb load it): " + "; ".join(why))
     if odd:
         warnings.warn(f"{len(odd)} layer(s) (e.g. {odd[0]}) have in_features not divisible by 32: some GPTQ loaders "
                       "(AutoGPTQ-style qweight sizing) will reject them.")
@@ -167,7 +166,8 @@ def _umask_modes(d:Path):
 
 def quant_dict(config:QuantizeConfig):
     "The `quantize_config.json` of `config` (also `config.json`'s `quantization_config`)."
-    return {**config.to_dict(), "pack_dtype": "int32", "meta": {"quantizer": ["gptq_nb"]}}
+    from gptq_nb import __version__
+    return {**config.to_dict(), "pack_dtype": "int32", "meta": {"quantizer": [f"gptq_nb:{__version__}"]}}
 
 def write_model_files(tmp:Path, model, qdict:dict, dtype=None, tokenizer=None):
     "Write everything but the weights into `tmp`: `quantize_config.json`, `config.json`, generation config, tokenizer."
@@ -192,15 +192,27 @@ def move_into_place(tmp:Path, save_dir:Path):
     os.rename(tmp, save_dir)
     if old is not None: shutil.rmtree(old, ignore_errors=True)
 
+def checkpoint_dtype(model, dtype=None):
+    "The dtype of a checkpoint's unquantized tensors: `dtype` if given, else the original `config.json`'s, else the model's 16-bit dtype, else float16."
+    if dtype is not None: return dtype
+    src = Path(str(getattr(model.config, "_name_or_path", "") or "")) / "config.json"
+    if src.is_file():   # the folder the model was loaded from: its own dtype, even if it was loaded in float32
+        j = json.loads(src.read_text()); d = j.get("dtype") or j.get("torch_dtype")
+        if d in ("float16", "bfloat16", "float32"): return getattr(torch, d)
+    mem = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return mem if mem in (torch.float16, torch.bfloat16) else torch.float16
+
 def save_quantized(model, save_dir, config:QuantizeConfig|None=None, tokenizer=None, report=None,
                    max_shard_size="4GB", dtype=None):
-    "Write `model` as a GPTQ checkpoint to `save_dir`, atomically; returns the directory's `Path`."
+    "Write `model` as a GPTQ checkpoint to `save_dir`, atomically; unquantized tensors in `checkpoint_dtype`; returns the directory's `Path`."
     config = config or getattr(model, "gptq_config", None)
     if config is None: raise ValueError("no QuantizeConfig: pass config= or quantize the model with gptq_nb (which sets model.gptq_config).")
+    check_causal_lm(model)
     shapes = _layer_shapes(model)
     if not shapes: raise ValueError("the model has no quantized layers (no gptq_result, no QuantLinear): quantize it first.")
-    _compat_warnings(shapes)
     qdict = quant_dict(config)
+    _compat_warnings(shapes, qdict)
+    dtype = checkpoint_dtype(model, dtype)
     save_dir = Path(save_dir); save_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.tmp-", dir=save_dir.parent))
     try:
@@ -263,6 +275,45 @@ def checkpoint_files(ckpt_dir):
                               "loaded, convert them to safetensors)" if pickles else "") + ".")
     return {k: f for f in files for k in read_header(f)}
 
+# %% ../nbs/12_io.ipynb #c015w
+def vllm_reasons(qd:dict, layers:dict, cpu:bool=True):
+    "Why vLLM would refuse a checkpoint with GPTQ config `qd` and quantized layers `{name: (in, out)}` (empty: it loads)."
+    qc = QuantizeConfig.from_dict({k: v for k, v in qd.items() if k != "dynamic" or v})
+    out, seen, partial, narrow = [], set(), [], []
+    def say(msg):
+        if msg not in seen: seen.add(msg); out.append(msg)
+    for name, (K, N) in layers.items():
+        c = qc.for_module(name) or qc
+        if not c.sym or c.bits not in (4, 8):
+            say(f"it loads symmetric 4- and 8-bit GPTQ only, this is {'symmetric' if c.sym else 'asymmetric'} {c.bits}-bit "
+                "(use sym=True, bits=4)")
+        elif cpu and c.bits != 4: say("its CPU kernel is 4-bit only (8-bit needs a GPU)")
+        if c.desc_act and c.group_size != -1: say("it no longer supports act-order with groups (use desc_act=False)")
+        if c.group_size not in (-1, 32, 64, 128): say(f"group_size={c.group_size}: it supports -1, 32, 64 and 128")
+        elif c.group_size > 0 and K % c.group_size: partial.append((name, K, c.group_size))
+        if cpu and (K % 32 or N % 32): narrow.append((name, K, N))
+    if partial:
+        (name, K, g), n = partial[0], len(partial)
+        say(f"{n} layer(s), e.g. {name}, have a partial last group ({name} has in_features={K}, not a multiple of "
+            f"group_size={g}): use a group_size that divides every layer's in_features, or -1")
+    if narrow:
+        (name, K, N), n = narrow[0], len(narrow)
+        say(f"{n} layer(s), e.g. {name} ({K}x{N}), are not multiples of 32 both ways, which its CPU kernel needs")
+    return out
+
+def vllm_compatible(ckpt_dir, cpu:bool=True):
+    "`(ok, reasons)`: whether vLLM loads the GPTQ checkpoint in `ckpt_dir` (on CPU if `cpu`), and why not."
+    qd = read_quant_config(ckpt_dir)
+    qc = _quant_config_obj({k: v for k, v in qd.items() if k != "dynamic" or v}, f"{ckpt_dir}/quantize_config.json")
+    layers = {}
+    for f in sorted(set(checkpoint_files(ckpt_dir).values())):
+        for k, (shape, dt) in read_header(f).items():
+            if not k.endswith(".qweight"): continue
+            name = k[:-len(".qweight")]
+            layers[name] = (shape[0] * 32 // (qc.for_module(name) or qc).bits, shape[1])   # qweight is [in·bits/32, out]
+    why = vllm_reasons(qd, layers, cpu)
+    return not why, why
+
 # %% ../nbs/12_io.ipynb #c017
 def _resolve(path_or_repo, revision=None, token=None):
     p = Path(path_or_repo)
@@ -299,12 +350,25 @@ def model_class(cfg):
 def _from_config(cls, cfg, dtype):
     return cls.from_config(cfg, dtype=dtype) if hasattr(cls, "from_config") else cls._from_config(cfg, dtype=dtype)
 
-def from_quantized(path_or_repo, device="cpu", dtype=torch.float16, backend:str="auto", model_cls=None,
-                   revision=None, token=None):
-    "Load a GPTQ checkpoint (directory or hub repo id) as a model of `QuantLinear` layers, validating every tensor."
+def check_tensors(model, headers:dict, quantized:dict, tied=()):
+    "Raise a `CheckpointError` naming the first tensor of `model` that `headers` (`{name: (shape, dtype)}`) lacks or holds in another shape/kind; `quantized` maps layer names to their `QuantLinear`."
+    for name, ql in quantized.items():
+        why = (f"the config ({ql.bits}-bit, group_size={ql.group_size}, in={ql.in_features}, out={ql.out_features}) "
+               f"of layer {name!r}")
+        for t, (shape, dt) in ql.expected_tensors().items():
+            key = f"{name}.{t}"; h = headers.get(key, (None, None))
+            _check(key, h[0], h[1], shape, t in ("scales", "bias"), why)
+    for k, v in model.state_dict().items():
+        if k.rpartition(".")[0] in quantized: continue
+        if k not in headers:
+            if k in tied or v.device.type != "meta": continue   # re-tied after loading / a buffer keeping its computed value
+            _check(k, None, None, v.shape, None, "the model's config expects it")
+        _check(k, headers[k][0], headers[k][1], v.shape, v.is_floating_point(), "the model's config")
+
+def _checked_skeleton(ckpt, dtype=torch.float16, backend:str="auto", model_cls=None):
+    "The checkpoint's model on the meta device with empty `QuantLinear`s, every tensor checked against the headers."
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
-    ckpt = _resolve(path_or_repo, revision, token)
+    from transformers import AutoConfig, AutoModelForCausalLM
     qd = read_quant_config(ckpt)
     qc = _quant_config_obj({k: v for k, v in qd.items() if k != "dynamic" or v}, f"{ckpt}/quantize_config.json")
     files = checkpoint_files(ckpt)
@@ -323,22 +387,22 @@ def from_quantized(path_or_repo, device="cpu", dtype=torch.float16, backend:str=
         if f"{name}.qweight" in headers and name not in selected and (isinstance(m, nn.Linear) or _is_conv1d(m)):
             warnings.warn(f"{name} is quantized in the checkpoint but not selected by its config: loading it with the base config.")
             selected[name] = (m, qc)
+    qls = {}
     for name, (m, mc) in selected.items():
         K, N = linear_shape(m)
-        why = f"the config ({mc.bits}-bit, group_size={mc.group_size}, in={K}, out={N})"
         try: ql = QuantLinear(K, N, mc.bits, mc.group_size, m.bias is not None, qc.checkpoint_format, mc.sym, backend, device="meta")
         except ValueError as e: raise CheckpointError(f"layer {name!r}: {e}") from None
-        for t, (shape, dt) in ql.expected_tensors().items():
-            key = f"{name}.{t}"; h = headers.get(key, (None, None))
-            _check(key, h[0], h[1], shape, t in ("scales", "bias"), f"{why} of layer {name!r}")
-        _set_module(model, name, ql)
+        _set_module(model, name, ql); qls[name] = ql
     tied = set(getattr(model, "all_tied_weights_keys", None) or {}) if getattr(cfg, "tie_word_embeddings", False) else set()
-    for k, v in model.state_dict().items():
-        if any(k.startswith(n + ".") for n in selected): continue
-        if k not in headers:
-            if k in tied or v.device.type != "meta": continue   # re-tied below / a buffer keeping its computed value
-            _check(k, None, None, v.shape, None, "the model's config expects it")
-        _check(k, headers[k][0], headers[k][1], v.shape, v.is_floating_point(), "the model's config")
+    check_tensors(model, headers, qls, tied)
+    return model, qd, qc, files, names, headers, tied
+
+def from_quantized(path_or_repo, device="cpu", dtype=torch.float16, backend:str="auto", model_cls=None,
+                   revision=None, token=None):
+    "Load a GPTQ checkpoint (directory or hub repo id) as a model of `QuantLinear` layers, validating every tensor."
+    from transformers import GenerationConfig
+    ckpt = _resolve(path_or_repo, revision, token)
+    model, qd, qc, files, names, headers, tied = _checked_skeleton(ckpt, dtype, backend, model_cls)
     sd = {}
     wanted = set(model.state_dict())
     for f in sorted(set(files.values())):
@@ -365,12 +429,12 @@ def from_quantized(path_or_repo, device="cpu", dtype=torch.float16, backend:str=
 
 # %% ../nbs/12_io.ipynb #c029
 def verify_checkpoint(ckpt_dir):
-    "Check that `ckpt_dir` is a complete GPTQ checkpoint (configs readable, every shard intact); returns its config dict."
+    "Check that `ckpt_dir` is a complete GPTQ checkpoint (configs agree, every shard intact, every tensor present with the shape its config implies); returns its config dict."
     ckpt_dir = Path(ckpt_dir)
     if not (ckpt_dir / "config.json").exists(): raise CheckpointError(f"{ckpt_dir}: no config.json: not a model checkpoint.")
-    qd = read_quant_config(ckpt_dir)
-    for f in sorted(set(checkpoint_files(ckpt_dir).values())): read_header(f)
-    return qd
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # from_quantized's notes on extra tensors: not errors
+        return _checked_skeleton(ckpt_dir)[1]
 
 def push_to_hub(save_dir, repo_id:str, token=None, private:bool=False, commit_message:str="Upload GPTQ checkpoint (gptq_nb)",
                 revision=None):

@@ -11,7 +11,7 @@ from transformers.pytorch_utils import Conv1D
 # %% auto #0
 __all__ = ['TINY_ARCHS', 'MOE_ARCHS', 'EXPERT_PARAMS', 'is_linear', 'linear_weight', 'set_linear_weight', 'linear_shape',
            'tiny_causal_lm', 'tiny_moe_lm', 'find_blocks', 'find_linears', 'ExpertsSpec', 'experts_spec',
-           'find_experts', 'expert_of', 'find_routers', 'unpackable', 'StopForward', 'to_device',
+           'find_experts', 'expert_of', 'find_routers', 'unpackable', 'check_causal_lm', 'StopForward', 'to_device',
            'capture_block_inputs', 'probe_block', 'find_stages']
 
 # %% ../nbs/04_model.ipynb #c005
@@ -175,6 +175,19 @@ def unpackable(K:int, N:int, bits:int):
     try: check_packable(K, N, bits)
     except ValueError as e: return str(e).split(". Keep")[0]
     return ""
+
+# %% ../nbs/04_model.ipynb #c011i
+def check_causal_lm(model:nn.Module):
+    "Raise a `ValueError` naming why if `model` is a transformers model but not a decoder-only causal LM."
+    cfg = getattr(model, "config", None); name = type(model).__name__
+    if cfg is None or not hasattr(model, "can_generate"): return
+    why = ("an encoder-decoder model" if getattr(cfg, "is_encoder_decoder", False) else
+           None if model.can_generate() else "not a causal language model (no generating LM head: an encoder such as "
+           "BERT, or a base model without its head)")
+    if why:
+        raise ValueError(f"{name} is {why}. GPTQ checkpoints hold decoder-only causal LMs, which is what transformers, "
+                         "vLLM and GPTQModel load them as: load the model with AutoModelForCausalLM (e.g. "
+                         "LlamaForCausalLM, not LlamaModel); encoders and encoder-decoders are not supported.")
 
 # %% ../nbs/04_model.ipynb #c013
 class StopForward(Exception):

@@ -67,7 +67,13 @@ def pack_zeros(zeros, bits:int, checkpoint_format:str="gptq"):
     "Pack true zero points `[G, N]` (integer-valued) into `qzeros` int32 `[G, N·bits/32]`."
     _check_format(checkpoint_format)
     z = torch.round(zeros).to(torch.int64)
-    if checkpoint_format == "gptq": z = (z - 1) & (2**bits - 1)  # per field, modulo 2^b: never borrows
+    if checkpoint_format == "gptq":   # stores zero - 1: a zero of 0 has no encoding that every loader reads as 0
+        if z.numel() and int(z.min()) < 1:
+            raise ValueError(f"{int((z < 1).sum())} zero point(s) are 0, which the v1 'gptq' format can't store portably "
+                             "(it stores zero − 1; GPTQModel adds the 1 back across the whole word, AutoGPTQ and vLLM per "
+                             "field, and neither gives 0 back). Save with checkpoint_format='gptq_v2', or quantize with "
+                             "checkpoint_format='gptq', whose grid keeps zero points in 1..maxq.")
+        z = z - 1
     return pack_rows(z.T, bits, what="output features").T.contiguous()
 
 def unpack_zeros(qzeros, bits:int, checkpoint_format:str="gptq"):

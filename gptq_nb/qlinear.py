@@ -196,7 +196,7 @@ def rtn_quantize_model(model, config:QuantizeConfig):
     for name, (m, mc) in quantizable_linears(model, config).items():
         conv = _is_conv1d(m)
         W = m.weight.data.T if conv else m.weight.data
-        qw = rtn_quantize(W, mc.bits, mc.group_size, mc.sym, mc.mse)
+        qw = rtn_quantize(W, mc.bits, mc.group_size, mc.sym, mc.mse, mc.zero_min)
         deq = qw.dequantize(m.weight.dtype)
         m.weight.data.copy_(deq.T if conv else deq)
         m.gptq_result = qw

@@ -27,7 +27,7 @@ def qronos_target(W, H, G, damp_percent:float=0.01):
 def _solver_kw(cfg, names):
     return dict(bits=cfg.bits, group_size=cfg.group_size, sym=cfg.sym, desc_act=cfg.desc_act,
                 static_groups=cfg.static_groups, damp_percent=cfg.damp_percent, mse=cfg.mse, blocksize=cfg.blocksize,
-                act_group_aware=cfg.act_group_aware, names=names)
+                act_group_aware=cfg.act_group_aware, names=names, zero_min=cfg.zero_min)
 
 def solve_method(Ws:list, H, cfg, names=None, stats=None):
     "Quantize weights `Ws` sharing the input Hessian `H` with `cfg.method` (and `cfg.refine`): a `GPTQResult` each, report fields in `.info`."
@@ -36,7 +36,7 @@ def solve_method(Ws:list, H, cfg, names=None, stats=None):
     tag = method + ("+refine" if cfg.refine else "")
     if method == "gptq":
         res = gptq_quantize_many(Ws, H, **kw)
-        if cfg.refine: res = [refine_result(r, W, H) for r, W in zip(res, Ws)]
+        if cfg.refine: res = [refine_result(r, W, H, zero_min=cfg.zero_min) for r, W in zip(res, Ws)]
         for r in res:
             ref = (r.info or {}).get("loss_before_refine", r.loss)
             r.info = dict(method=tag + ("" if cfg.method == "gptq" else " (no full-precision inputs)"),
@@ -48,7 +48,7 @@ def solve_method(Ws:list, H, cfg, names=None, stats=None):
     else:
         tg = gptq_quantize_many([qronos_target(W.float(), H, G, cfg.damp_percent) for W in Ws], H, rtn=False, **kw)
         res = [_result(W, H, r.qw, r.damp, r.seconds, True, cfg.bits, cfg.group_size, cfg.sym, cfg.mse) for W, r in zip(Ws, tg)]
-    if cfg.refine: res = [refine_result(r, W, H, R=W.float().to(H.device) @ G) for r, W in zip(res, Ws)]
+    if cfg.refine: res = [refine_result(r, W, H, R=W.float().to(H.device) @ G, zero_min=cfg.zero_min) for r, W in zip(res, Ws)]
     plain = gptq_quantize_many(Ws, H, rtn=False, **kw)            # the comparison the report carries
     per = (time.perf_counter() - t0) / max(len(Ws), 1)
     for r, p, W in zip(res, plain, Ws):

@@ -39,7 +39,7 @@ class QuantizeConfig:
     true_sequential: bool = True   # within a block, later linears see the already-quantized earlier ones
     act_group_aware: bool = True   # without desc_act: process whole groups by importance (g_idx stays k // g)
     lm_head: bool = False          # also quantize the output head
-    checkpoint_format: str = "gptq"  # "gptq" (zeros stored minus one) or "gptq_v2"
+    checkpoint_format: str|None = None  # "gptq" (zeros stored minus one) or "gptq_v2"; None: "gptq" if sym else "gptq_v2"
     mse: float = 0.0               # >0: search a clipped range minimising |w - q(w)|^mse per group (2.4 is a good norm)
     blocksize: int = 128           # columns per lazy-batch update in the solver
     batch_size: int|None = None    # calibration windows per forward; None = all at once (one pass per block)
@@ -50,6 +50,7 @@ class QuantizeConfig:
 
     def __post_init__(self):
         check_bits_group(self.bits, self.group_size)
+        if self.checkpoint_format is None: self.checkpoint_format = "gptq" if self.sym else "gptq_v2"
         if not 0 <= self.damp_percent < 1:
             raise ValueError(f"damp_percent={self.damp_percent} is out of range: use a value in [0, 1), usually 0.01.")
         if self.checkpoint_format not in ("gptq", "gptq_v2"):
@@ -61,6 +62,11 @@ class QuantizeConfig:
         if not 0 <= self.alpha <= 1: raise ValueError(f"alpha={self.alpha} is out of range: use a value in [0, 1], usually 0.25.")
         for k, ov in (self.dynamic or {}).items():
             if not k.startswith("-:"): QuantizeConfig(**{**self.core_dict(), **ov})  # validate overrides too
+
+    @property
+    def zero_min(self):
+        "Smallest zero point the grid may use: 1 for an asymmetric grid written as v1 'gptq' (loaders read a stored 0 differently), else 0."
+        return 1 if not self.sym and self.checkpoint_format == "gptq" else 0
 
     def core_dict(self):
         "The solver fields, without `dynamic`."
@@ -104,28 +110,33 @@ def fake_quantize(w, scale, zero, maxq:int):
     return dequantize_codes(quantize_codes(w, scale, zero, maxq), scale, zero)
 
 # %% ../nbs/00_quant.ipynb #c013
-def _minmax_params(xmin, xmax, maxq, sym):
+def _minmax_params(xmin, xmax, maxq, sym, zero_min=0):
     if sym:
         xmax = torch.maximum(xmin.abs(), xmax)
         xmin = torch.where(xmin < 0, -xmax, torch.zeros_like(xmin))
     empty = (xmin == 0) & (xmax == 0)
     xmin, xmax = torch.where(empty, -1.0, xmin), torch.where(empty, 1.0, xmax)
     scale = ((xmax - xmin) / maxq).half().float().clamp_min(2 ** -24)   # exactly what an fp16 checkpoint stores
-    zero = torch.full_like(scale, (maxq + 1) / 2) if sym else torch.round(-xmin / scale)
+    if sym: return scale, torch.full_like(scale, (maxq + 1) / 2)
+    zero = torch.round(-xmin / scale)
+    if zero_min:   # a zero below zero_min: keep zero_min and widen the step so that xmax still fits on the grid
+        low = zero < zero_min
+        scale = torch.where(low, (xmax / (maxq - zero_min)).half().float().clamp_min(2 ** -24), scale)
+        zero = zero.clamp_min(zero_min)
     return scale, zero
 
-def grid_params(w, bits:int, sym:bool=True, mse:float=0.0, grid:int=100, maxshrink:float=0.8):
-    "Per-row `(scale, zero)` of shape `[rows, 1]` for `w` `[rows, cols]`; `mse>0` searches a clipped range."
+def grid_params(w, bits:int, sym:bool=True, mse:float=0.0, grid:int=100, maxshrink:float=0.8, zero_min:int=0):
+    "Per-row `(scale, zero)` of shape `[rows, 1]` for `w` `[rows, cols]`; `mse>0` searches a clipped range; zeros stay >= `zero_min`."
     maxq = 2 ** bits - 1
     w = w.float()
     xmin = w.min(1, keepdim=True).values.clamp(max=0)
     xmax = w.max(1, keepdim=True).values.clamp(min=0)
-    scale, zero = _minmax_params(xmin, xmax, maxq, sym)
+    scale, zero = _minmax_params(xmin, xmax, maxq, sym, zero_min)
     if mse <= 0: return scale, zero
     best = (fake_quantize(w, scale, zero, maxq) - w).abs().pow(mse).sum(1, keepdim=True)
     for i in range(1, int(maxshrink * grid)):
         p = 1 - i / grid
-        s1, z1 = _minmax_params(p * xmin, p * xmax, maxq, sym)
+        s1, z1 = _minmax_params(p * xmin, p * xmax, maxq, sym, zero_min)
         err = (fake_quantize(w, s1, z1, maxq) - w).abs().pow(mse).sum(1, keepdim=True)
         better = err < best
         best = torch.where(better, err, best)
@@ -159,14 +170,14 @@ def plain_g_idx(K:int, group_size:int):
     return torch.zeros(K, dtype=torch.int32) if group_size == -1 else torch.arange(K, dtype=torch.int32) // group_size
 
 # %% ../nbs/00_quant.ipynb #c020
-def rtn_quantize(W, bits:int=4, group_size:int=128, sym:bool=True, mse:float=0.0):
+def rtn_quantize(W, bits:int=4, group_size:int=128, sym:bool=True, mse:float=0.0, zero_min:int=0):
     "Round-to-nearest quantization of `W` `[N, K]`, group by group: the baseline GPTQ must beat."
     check_bits_group(bits, group_size)
     W = W.float(); N, K = W.shape; maxq = 2 ** bits - 1
     g = K if group_size == -1 else group_size
     scales, zeros, codes = [], [], []
     for i in range(0, K, g):
-        s, z = grid_params(W[:, i:i+g], bits, sym, mse)
+        s, z = grid_params(W[:, i:i+g], bits, sym, mse, zero_min=zero_min)
         codes.append(quantize_codes(W[:, i:i+g], s, z, maxq)); scales.append(s[:, 0]); zeros.append(z[:, 0])
     return QuantizedWeight(torch.cat(codes, 1).to(torch.uint8), torch.stack(scales), torch.stack(zeros),
                            plain_g_idx(K, group_size), bits, group_size, sym)

@@ -16,7 +16,7 @@ from .gptaq import needs_fp_inputs, fp_block_inputs, observe_fp
 from .qronos import solve_method
 from .model import (find_blocks, find_linears, find_stages, capture_block_inputs, linear_weight,
                            set_linear_weight, linear_shape, StopForward, to_device)
-from .model import probe_block, find_experts, find_routers, expert_of, unpackable
+from .model import probe_block, find_experts, find_routers, expert_of, unpackable, check_causal_lm
 from .experts import MoEExperts, unfuse_experts, planned_expert_linears
 
 # %% auto #0
@@ -439,6 +439,7 @@ def quantize(model:nn.Module|str|os.PathLike,  # a Hugging Face causal LM (modif
         raise ValueError("save_dir/work_dir are for a checkpoint folder passed as `model`; for a model object call "
                          "save_quantized(model, dir) after quantize.")
     config = config or QuantizeConfig()
+    check_causal_lm(model)   # an encoder would be quantized and saved only to be refused by every loader
     device = torch.device(device) if device is not None else _default_device()
     t0 = time.perf_counter()
     prefix, blocks = find_blocks(model)

@@ -36,7 +36,7 @@ def _prox_solve(A, b, x0, lam=1e-7):
 
 
 # %% ../nbs/30_refine.ipynb #c008
-def refine_grid(qw:QuantizedWeight, H, R):
+def refine_grid(qw:QuantizedWeight, H, R, zero_min:int=0):
     """Scales (and, for an asymmetric grid, zeros) of `qw` re-fit to its fixed codes by least squares: per output row,
     minimise `f(ŵ) = ŵ H ŵᵀ − 2 ŵ·r` (`r` the row of `R`; `R = W·H` is GPTQ's objective). Returns the new
     `QuantizedWeight` (fp16-exact scales, integer zeros in `[0, 2^b − 1]`), and `f` before and after per row; a row
@@ -63,7 +63,7 @@ def refine_grid(qw:QuantizedWeight, H, R):
     if not qw.sym:   # ŵ = s_g q + m_g, free; then the zero z_g = −m_g/s_g rounded onto the integer grid
         A2 = torch.cat([torch.cat([ss, sm], 2), torch.cat([sm.transpose(1, 2), mm.expand(N, G, G)], 2)], 1)
         x, ok = _prox_solve(A2, torch.cat([rs, rm], 1), torch.cat([s0, -s0 * z0], 1))
-        zc = torch.round(-x[:, G:] / x[:, :G]).clamp(0, maxq)
+        zc = torch.round(-x[:, G:] / x[:, :G]).clamp(zero_min, maxq)  # v1 asymmetric grids keep zeros ≥ 1 (`QuantizeConfig.zero_min`)
         good = ok[:, None] & (x[:, :G] > 0) & torch.isfinite(zc)
         z = torch.where(good, zc, z0)
     A, b, (s, ok) = fit_s(z, s0)
@@ -77,10 +77,10 @@ def refine_grid(qw:QuantizedWeight, H, R):
 
 
 # %% ../nbs/30_refine.ipynb #c018
-def refine_result(res:GPTQResult, W, H, R=None):
+def refine_result(res:GPTQResult, W, H, R=None, zero_min:int=0):
     "`res` with its scales/zeros refitted to its codes (`refine_grid`) and its proxy loss recomputed; GPTQ's own loss in `res.info`."
     t0 = time.perf_counter()
     W = W.float().to(res.qw.codes.device); H = H.to(W.device)
-    qw, f0, f1 = refine_grid(res.qw, H, W @ H if R is None else R)
+    qw, f0, f1 = refine_grid(res.qw, H, W @ H if R is None else R, zero_min)
     info = dict(res.info or {}, loss_before_refine=res.loss)
     return _replace(res, qw=qw, loss=proxy_loss(W, qw.dequantize(), H), seconds=res.seconds + time.perf_counter() - t0, info=info)

@@ -39,7 +39,7 @@ def random_codes_model(bits, fmt, layout, sym, gs=64):
         N, K = m.weight.shape; G = n_groups(K, gs); maxq = 2 ** bits - 1
         perm = torch.randperm(K, generator=g) if layout != "plain" else None
         zeros = (torch.full((G, N), float((maxq + 1) // 2)) if sym else
-                 torch.randint(0, maxq + 1, (G, N), generator=g).float())
+                 torch.randint(int(fmt == "gptq"), maxq + 1, (G, N), generator=g).float())   # v1 keeps zeros in 1..maxq
         qw = QuantizedWeight(torch.randint(0, maxq + 1, (N, K), generator=g).to(torch.uint8),
                              (torch.rand(G, N, generator=g) * 0.02 + 1e-3).half().float(), zeros,  # fp16-exact scales
                              make_g_idx(K, gs, perm, layout == "static"), bits, gs, sym, perm)
@@ -56,7 +56,7 @@ def test_matrix_roundtrip(tmp_path, bits, fmt, layout, sym):
     model = random_codes_model(bits, fmt, layout, sym)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # partial groups: the vLLM compatibility warning
-        ck = save_quantized(model, tmp_path / "ck")
+        ck = save_quantized(model, tmp_path / "ck", dtype=torch.float32)
     assert json.loads((ck / "quantize_config.json").read_text())["checkpoint_format"] == fmt
     loaded = from_quantized(ck, dtype=torch.float32)
     orig = dict(model.named_modules())
@@ -89,7 +89,7 @@ def test_arch_logits(tmp_path, arch):
     model = {"llama": lambda: tiny_llama(hidden=64, inter=128, layers=2), "gpt2": tiny_gpt2, "opt": tiny_opt}[arch]()
     rtn_quantize_model(model, QuantizeConfig(bits=4, group_size=32, sym=False, desc_act=False))
     with torch.no_grad(): ref = model(IDS).logits
-    ck = save_quantized(model, tmp_path / arch, max_shard_size="30KB" if arch == "llama" else "4GB")
+    ck = save_quantized(model, tmp_path / arch, max_shard_size="30KB" if arch == "llama" else "4GB", dtype=torch.float32)
     assert (ck / "model.safetensors.index.json").exists() == (arch == "llama")
     with torch.no_grad():
         ours = from_quantized(ck, dtype=torch.float32)(IDS).logits
@@ -121,7 +121,7 @@ def test_real_quantize_output(tmp_path):
     cfg = QuantizeConfig(bits=4, group_size=32, desc_act=True, sym=False)
     report = quantize(model, calib, cfg, device="cpu", progress=False)
     with torch.no_grad(): ref = model(IDS).logits
-    ck = save_quantized(model, tmp_path / "ck", report=report)
+    ck = save_quantized(model, tmp_path / "ck", report=report, dtype=torch.float32)
     assert (ck / "quant_report" / "report.json").exists()
     from gptq_nb.quantize import QuantReport
     assert QuantReport.load(ck).table.loss.tolist() == report.table.loss.tolist()   # dashboards read it back
@@ -133,7 +133,7 @@ def test_gguf_loaded_config_is_replaced(tmp_path):
     "A GGUF-loaded model carries a gguf quantization_config: the checkpoint gets ours, the model keeps its own."
     model = rtn_quantize_model(tiny_llama(hidden=64, inter=128), QuantizeConfig(bits=4, group_size=32))
     model.config.quantization_config = {"quant_method": "gguf"}
-    ck = save_quantized(model, tmp_path / "ck")
+    ck = save_quantized(model, tmp_path / "ck", dtype=torch.float32)
     assert json.loads((ck / "config.json").read_text())["quantization_config"]["quant_method"] == "gptq"
     assert model.config.quantization_config == {"quant_method": "gguf"}
     assert from_quantized(ck, dtype=torch.float32) is not None

@@ -38,10 +38,45 @@ def test_real_checkpoint_roundtrip(real_model, tmp_path):
     ids = tok("The tower is 324 metres tall, about the same height as an 81-storey building, and the tallest "
               "structure in Paris. " * 8, return_tensors="pt", add_special_tokens=False).input_ids[:, :256]
     with torch.no_grad(): ref = model(ids).logits
-    ck = save_quantized(model, tmp_path / "smollm2-gptq", tokenizer=tok)
+    ck = save_quantized(model, tmp_path / "smollm2-gptq", tokenizer=tok, dtype=torch.float32)   # float32: exact logits
     re = from_quantized(ck, dtype=torch.float32)
     with torch.no_grad(): out = re(ids).logits
     assert (out - ref).abs().max() <= 1e-3, float((out - ref).abs().max())
     hf = AutoModelForCausalLM.from_pretrained(ck, dtype=torch.float32)
     with torch.no_grad(): out2 = hf(ids).logits
     assert (out2 - ref).abs().max() <= 1e-3, float((out2 - ref).abs().max())
+
+
+def test_default_dtype_checkpoint_is_smaller_than_fp16(real_model, tmp_path):
+    "The float32 default model's 4-bit checkpoint: embeddings and norms in 16-bit, so it is smaller than the fp16 model."
+    from gptq_nb.io import save_quantized, read_header
+    model, tok = real_model
+    cfg = QuantizeConfig(bits=4, group_size=64)
+    with torch.no_grad():
+        for blk in find_blocks(model)[1]:
+            for mod in find_linears(blk).values():
+                qw = rtn_quantize(linear_weight(mod).float(), cfg.bits, cfg.group_size, cfg.sym)
+                set_linear_weight(mod, qw.dequantize()); mod.gptq_result = qw
+    model.gptq_config = cfg
+    ck = save_quantized(model, tmp_path / "ck", tokenizer=tok)
+    fp16 = sum(p.numel() * 2 for p in {id(p): p for p in model.parameters()}.values())
+    size = (ck / "model.safetensors").stat().st_size
+    assert read_header(ck / "model.safetensors")["model.embed_tokens.weight"][1] == torch.float16
+    assert size < 0.7 * fp16, (size, fp16)
+
+
+def test_readme_snippet_runs(default_gguf, tmp_path, monkeypatch):
+    "The README's 'Use it' block, run as written (only the calibration is cut to 8 windows of 128 tokens, for time)."
+    import re
+    from pathlib import Path
+    import gptq_nb.data
+    from gptq_nb.io import vllm_compatible
+    src = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"## Use it\n\n```python\n(.*?)```", src, re.S).group(1)
+    real = gptq_nb.data.get_calibration
+    monkeypatch.setattr(gptq_nb.data, "get_calibration", lambda s, tok, **kw: real(s, tok, n_samples=8, seqlen=128, progress=False))
+    monkeypatch.chdir(tmp_path)
+    ns = {}
+    exec(compile(block, "README.md", "exec"), ns)
+    assert len(ns["report"].table) == 30 * 7
+    assert vllm_compatible(tmp_path / "out" / "my-gptq") == (True, [])   # the README says vLLM loads it
