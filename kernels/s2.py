@@ -217,7 +217,7 @@ def s2_run(sh, dev, n_win, seqlen, instrument):
     if instrument:
         ph.wrap(Q, "capture_block_inputs", "capture")
         ph.wrap(HS.Hessian, "add", "hessians")
-        ph.wrap(Q, "gptq_quantize_many", "solves")
+        ph.wrap(Q, "solve_method", "solves")   # 05 solves through the methods' dispatcher (32_qronos)
         ph.wrap(Q, "layer_record", "records")
         ph.wrap(Q, "set_linear_weight", "results_to_model")
         ph.wrap(nn.Module, "to", "block_copies", pred=lambda self, *a, **k: type(self).__name__.endswith("DecoderLayer"))

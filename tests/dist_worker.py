@@ -25,11 +25,11 @@ def run(out: str, cfg: dict, fail_rank: int = -1, n: int = 12):
     m = tiny_causal_lm("llama")
     if os.environ.get("FAIL_SOLVE"):   # the solver fails on this linear, on whichever rank solves it
         import gptq_nb.quantize as q
-        solve = q.gptq_quantize_many
-        def failing(Ws, H, *a, names=None, **kw):
+        solve = q.solve_method   # what 05's _solve_linears calls for every group of linears
+        def failing(Ws, H, cfg, names=None, stats=None):
             if os.environ["FAIL_SOLVE"] in (names or []): raise torch.linalg.LinAlgError(f"injected solver failure in {os.environ['FAIL_SOLVE']}")
-            return solve(Ws, H, *a, names=names, **kw)
-        q.gptq_quantize_many = failing
+            return solve(Ws, H, cfg, names, stats)
+        q.solve_method = failing
 
     def callback(row, report):
         if rank == fail_rank and len(report.rows) == 3: raise RuntimeError(f"injected failure on rank {rank}")
