@@ -6,8 +6,8 @@ fetched. Codes come from round-to-nearest on the GPTQ grid, attached exactly as 
 (`gptq_result`): the packing, files and loaders are what is under test here, and GPTQ on 30 blocks would take minutes.
 """
 import pytest, torch
-from gptq_nb.quant import QuantizeConfig, rtn_quantize
-from gptq_nb.model import find_blocks, find_linears, linear_weight, set_linear_weight
+from gptq_nb.quant import QuantizeConfig
+from gptq_nb.qlinear import rtn_quantize_model
 
 
 @pytest.fixture(autouse=True)
@@ -29,12 +29,7 @@ def test_real_checkpoint_roundtrip(real_model, tmp_path):
     import gptq_nb  # noqa: F401  (registers the transformers loader)
     model, tok = real_model
     cfg = QuantizeConfig(bits=4, group_size=128)
-    with torch.no_grad():
-        for blk in find_blocks(model)[1]:
-            for mod in find_linears(blk).values():
-                qw = rtn_quantize(linear_weight(mod).float(), cfg.bits, cfg.group_size, cfg.sym)
-                set_linear_weight(mod, qw.dequantize()); mod.gptq_result = qw
-    model.gptq_config = cfg
+    rtn_quantize_model(model, cfg)   # every block linear on its RTN grid, `gptq_result` set, as quantize leaves them
     ids = tok("The tower is 324 metres tall, about the same height as an 81-storey building, and the tallest "
               "structure in Paris. " * 8, return_tensors="pt", add_special_tokens=False).input_ids[:, :256]
     with torch.no_grad(): ref = model(ids).logits
@@ -52,12 +47,7 @@ def test_default_dtype_checkpoint_is_smaller_than_fp16(real_model, tmp_path):
     from gptq_nb.io import save_quantized, read_header
     model, tok = real_model
     cfg = QuantizeConfig(bits=4, group_size=64)
-    with torch.no_grad():
-        for blk in find_blocks(model)[1]:
-            for mod in find_linears(blk).values():
-                qw = rtn_quantize(linear_weight(mod).float(), cfg.bits, cfg.group_size, cfg.sym)
-                set_linear_weight(mod, qw.dequantize()); mod.gptq_result = qw
-    model.gptq_config = cfg
+    rtn_quantize_model(model, cfg)   # every block linear on its RTN grid, `gptq_result` set, as quantize leaves them
     ck = save_quantized(model, tmp_path / "ck", tokenizer=tok)
     fp16 = sum(p.numel() * 2 for p in {id(p): p for p in model.parameters()}.values())
     size = (ck / "model.safetensors").stat().st_size
