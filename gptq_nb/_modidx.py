@@ -408,6 +408,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'gptq_nb.lora._layer_class': ('lora.html#_layer_class', 'gptq_nb/lora.py'),
                               'gptq_nb.lora._natural': ('lora.html#_natural', 'gptq_nb/lora.py'),
                               'gptq_nb.lora._needs_grad': ('lora.html#_needs_grad', 'gptq_nb/lora.py'),
+                              'gptq_nb.lora._refuse_merge_by_name': ('lora.html#_refuse_merge_by_name', 'gptq_nb/lora.py'),
                               'gptq_nb.lora._unpack_fast': ('lora.html#_unpack_fast', 'gptq_nb/lora.py'),
                               'gptq_nb.lora.dequantize_columns': ('lora.html#dequantize_columns', 'gptq_nb/lora.py'),
                               'gptq_nb.lora.grad_forward': ('lora.html#grad_forward', 'gptq_nb/lora.py'),

@@ -200,11 +200,22 @@ def _keep_expert_targets():
     unless_unfused("convert_peft_config_for_transformers", lambda a: None)   # the targets name real modules already
     unless_unfused("convert_peft_adapter_state_dict_for_transformers", lambda a: a["adapter_state_dict"])
 
+def _refuse_merge_by_name():
+    "PEFT refuses merges on transformers-loaded GPTQ models with its own message; for gptq_nb's layers name both options."
+    from peft.tuners.lora import LoraModel
+    check = LoraModel._check_merge_allowed
+    if getattr(check, "_gptq_nb", False): return
+    def _check_merge_allowed(self):
+        if any(_is_ours(m) for m in self.model.modules()): raise ValueError(MERGE_REFUSED)
+        return check(self)
+    _check_merge_allowed._gptq_nb = True
+    LoraModel._check_merge_allowed = _check_merge_allowed
+
 def install_peft() -> bool:
     "Make every PEFT `LoraConfig` know gptq_nb's layers (idempotent); False if peft is not installed."
     try: from peft import LoraConfig
     except ImportError: return False
-    _keep_expert_targets()
+    _keep_expert_targets(); _refuse_merge_by_name()
     post = LoraConfig.__post_init__
     if getattr(post, "_gptq_nb", False): return True
     def __post_init__(self, *args, **kwargs):
