@@ -4,12 +4,13 @@
 
 # %% ../nbs/15_generate.ipynb #c003
 from __future__ import annotations
-import contextlib, inspect, os, types
+import contextlib, functools, inspect, os, types, warnings
 import torch
 from .qlinear import MergedProjection, MERGE_GROUPS, merge_projections, unmerge_projections
 
 # %% auto #0
-__all__ = ['ENV_SWITCH', 'bucket_length', 'default_compile_config', 'FastGenerate', 'install_generate', 'standard_layout']
+__all__ = ['ENV_SWITCH', 'bucket_length', 'default_compile_config', 'FastGenerate', 'loop_refusal', 'DecodeStep', 'decode_loop',
+           'install_generate', 'standard_layout']
 
 # %% ../nbs/15_generate.ipynb #c006
 def bucket_length(n:int, limit:int|None=None) -> int:
@@ -29,10 +30,13 @@ def default_compile_config():
 
 class FastGenerate:
     "gptq_nb's `generate` set-up on one model; `enabled` is the switch."
-    def __init__(self, enabled:bool=True, devices=("cuda",), merge:bool=True, compile_config=None):
-        self.enabled, self.devices, self.merge = enabled, tuple(devices), merge
+    def __init__(self, enabled:bool=True, devices=("cuda",), merge:bool=True, compile_config=None, loop:bool=True,
+                 graphs:bool|None=None, check_every:int=16):
+        self.enabled, self.devices, self.merge, self.loop, self.check_every = enabled, tuple(devices), merge, loop, check_every
+        self.graphs = graphs   # None: CUDA graphs on CUDA, eager elsewhere
         self.compile_config = compile_config or default_compile_config()
         self.cache, self.cache_key, self.merged_groups, self.calls, self.warmed = None, None, None, [], set()
+        self.step = None       # the `DecodeStep` of the current cache (its CUDA graph points at the cache's tensors)
 
     @torch.no_grad()
     def warm_kernels(self, model, rows:int):
@@ -43,7 +47,7 @@ class FastGenerate:
         self.warmed.add(rows)
 
     def plan(self, model, inputs, generation_config, kwargs):
-        "Extra `generate` arguments for this call (a static cache, the compile config), or None to run it as is."
+        "Extra `generate` arguments for this call (a static cache, and gptq_nb's decode loop or else the compile config), or None to run it as is."
         if not self.enabled or model.training or model.device.type not in self.devices: return None
         gc = generation_config or model.generation_config
         get = lambda k: kwargs[k] if k in kwargs else getattr(gc, k, None)
@@ -61,14 +65,130 @@ class FastGenerate:
         if reused: self.cache.reset()
         else:
             from transformers import StaticCache
-            self.cache = None   # free the old one first
+            self.cache = self.step = None   # free the old ones first
             self.cache, self.cache_key = StaticCache(config=cfg, max_cache_len=key[1]), key
         if model.device.type == "cuda" and batch not in self.warmed: self.warm_kernels(model, batch)
-        self.calls.append(dict(batch=batch, cache_len=key[1], reused=reused))
         name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"  # renamed in transformers 5.2x
         extra = {name: self.cache}
-        if get("compile_config") is None: extra["compile_config"] = self.compile_config
+        why_not = loop_refusal(model, get, kwargs) if self.loop else "loop switched off"
+        if why_not is None: extra["custom_generate"] = functools.partial(decode_loop, streamer=kwargs.get("streamer"))
+        elif get("compile_config") is None: extra["compile_config"] = self.compile_config
+        self.calls.append(dict(batch=batch, cache_len=key[1], reused=reused, loop=why_not is None))
         return extra
+
+# %% ../nbs/15_generate.ipynb #c0loop2
+def loop_refusal(model, get, kwargs) -> str|None:
+    "Why gptq_nb's decode loop can't run this `generate` call (None: it can); `get` reads the call's generation settings."
+    from gptq_nb.experts import MoEExperts
+    cfg = model.config.get_text_config(decoder=True)
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl not in ("sdpa", "eager"): return f"attention implementation {impl!r} (the loop builds sdpa/eager masks)"
+    kinds = set(getattr(cfg, "layer_types", None) or ())
+    if kinds - {"full_attention"} or (getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)):
+        return "sliding-window or non-standard attention layers"
+    if any(isinstance(m, MoEExperts) for m in model.modules()): return "experts are chosen on the host (not capturable)"
+    for k in ("return_dict_in_generate", "output_scores", "output_logits", "output_attentions", "output_hidden_states",
+              "penalty_alpha", "dola_layers", "synced_gpus", "prefill_chunk_size"):
+        if get(k): return f"{k} is set"
+    return None
+
+class DecodeStep:
+    "One decode step of `model` for `rows` sequences on a static `cache` of `length` slots, from fixed buffers; CUDA-graph captured on first use when `graph`."
+    def __init__(self, model, cache, cache_arg:str, rows:int, length:int, graph:bool):
+        dev = model.device
+        self.model, self.cache, self.cache_arg, self.want_graph, self.graph = model, cache, cache_arg, graph, None
+        self.tok = torch.zeros(rows, 1, dtype=torch.long, device=dev)
+        self.pos = torch.zeros(rows, 1, dtype=torch.long, device=dev)
+        self.slot = torch.zeros((), dtype=torch.long, device=dev)       # the cache slot the fed token lands in
+        self.keep = torch.ones(rows, length, dtype=torch.bool, device=dev)  # False at left padding
+        self.kv = torch.arange(length, device=dev)
+        self.additive = model.config._attn_implementation == "eager"
+
+    def start(self, attention_mask, next_pos, prompt_len:int):
+        "Point the buffers at a new call: its padding, each row's next position, the first free slot."
+        self.keep.fill_(True)
+        if attention_mask is not None: self.keep[:, :prompt_len].copy_(attention_mask.bool())
+        self.pos.copy_(next_pos.view(-1, 1)); self.slot.fill_(prompt_len)
+
+    def _run(self):
+        ok = (self.keep & (self.kv <= self.slot))[:, None, None, :]
+        if self.additive:
+            ok = torch.zeros(ok.shape, dtype=self.model.dtype, device=ok.device).masked_fill_(~ok, torch.finfo(self.model.dtype).min)
+        out = self.model(input_ids=self.tok, position_ids=self.pos, attention_mask=ok, use_cache=True, return_dict=True,
+                         **{self.cache_arg: self.cache})
+        self.pos += 1; self.slot += 1
+        return out.logits[:, -1].float()
+
+    def __call__(self, tokens):
+        "Logits (float32) of the next position after feeding `tokens` (one per row)."
+        self.tok.copy_(tokens.view(-1, 1))
+        if self.graph is not None:
+            self.graph.replay(); return self.logits
+        logits = self._run()   # eager: the first call of a graph-to-be is also its warm-up
+        if self.want_graph: self._capture()
+        return logits
+
+    def _capture(self):
+        self.want_graph = False
+        g = torch.cuda.CUDAGraph()
+        try:
+            torch.cuda.synchronize()
+            with torch.cuda.graph(g): self.logits = self._run()   # recorded, not run: the state stays one step ahead
+            self.graph = g
+        except Exception as e:
+            warnings.warn(f"gptq_nb: the decode step could not be CUDA-graph captured ({type(e).__name__}: {e}); "
+                          "decoding eagerly")
+
+
+# %% ../nbs/15_generate.ipynb #c0loop4
+@torch.no_grad()
+def decode_loop(model, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
+                streamer=None, **model_kwargs):
+    "transformers' `_sample` (greedy or sampling) as gptq_nb runs it: prefill, then captured steps and no per-token wait."
+    st = model.gptq_nb_generate
+    rows, P = input_ids.shape
+    cache_arg = "cache" if "cache" in model_kwargs else "past_key_values"
+    cache = model_kwargs[cache_arg]
+    length = st.cache_key[1]   # the bucket `plan` sized the cache to
+    end_at = min(int(generation_config.max_length), length)
+    ids = input_ids.new_empty(rows, end_at); ids[:, :P] = input_ids
+    prefill = getattr(model, "_prefill", None)
+    out = (prefill(input_ids, generation_config, model_kwargs) if prefill is not None
+           else model(**model.prepare_inputs_for_generation(input_ids, **model_kwargs), return_dict=True))
+    logits = out.logits[:, -1].to(copy=True, dtype=torch.float32); del out
+    if st.step is None or st.step.cache is not cache:
+        graph = st.graphs if st.graphs is not None else model.device.type == "cuda"
+        st.step = DecodeStep(model, cache, cache_arg, rows, length, graph)
+    mask, pos = model_kwargs.get("attention_mask"), model_kwargs.get("position_ids")
+    nxt = (pos[:, -1] + 1 if pos is not None else mask.long().sum(-1) if mask is not None
+           else torch.full((rows,), P, device=ids.device))
+    st.step.start(mask, nxt, P)
+    pad = generation_config._pad_token_tensor
+    has_eos = any(hasattr(c, "eos_token_id") for c in stopping_criteria)
+    unfinished = torch.ones(rows, dtype=torch.long, device=ids.device)
+    alive = torch.ones(end_at - P, dtype=torch.bool, device=ids.device)   # per step: some row still running
+    n, shown = P, P
+    while True:
+        scores = logits_processor(ids[:, :n], logits)
+        if generation_config.do_sample: tok = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        else: tok = torch.argmax(scores, dim=-1)
+        if has_eos: tok = tok * unfinished + pad * (1 - unfinished)
+        ids[:, n] = tok; n += 1
+        unfinished = unfinished & ~stopping_criteria(ids[:, :n], None)
+        alive[n - P - 1] = unfinished.any()
+        last = n >= end_at
+        if last or (n - P) % st.check_every == 0:
+            flags = alive[shown - P : n - P].cpu()
+            stop = shown + int(flags.long().argmin()) + 1 if not bool(flags.all()) else None
+            if streamer is not None:
+                for j in range(shown, stop or n): streamer.put(ids[:, j].cpu())
+            if stop is not None: n = stop; break
+            shown = n
+            if last: break
+        logits = st.step(tok)
+    if streamer is not None: streamer.end()
+    return ids[:, :n]
+
 
 # %% ../nbs/15_generate.ipynb #c011
 def _generate(self, inputs=None, generation_config=None, **kwargs):

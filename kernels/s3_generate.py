@@ -19,7 +19,8 @@ batch x 128 / seconds of the whole `generate` call. Time to first token: a 2048-
 of 3 after 1. Peak GPU memory: `max_memory_allocated` over the model's runs. Greedy check: the quantized model's first
 32 tokens against the same model with the set-up switched off (`gptq_nb_generate.enabled = False`: transformers'
 eager dynamic-cache path, unmerged kernels' numerics aside), batch 1 and 8. Optional last: the quantized model with a
-4-bit lm_head too (--lm-head). Everything goes to --out/s3_generate_<model>.json, rewritten after each phase.
+4-bit lm_head too (--lm-head). --fp16-loop adds the fp16 model through gptq_nb's decode loop (what fp16 would gain from
+the same loop). The loop's CUDA-graph replay is checked against the same loop run eagerly (identical tokens expected). Everything goes to --out/s3_generate_<model>.json, rewritten after each phase.
 """
 import argparse, datetime, functools, json, os, subprocess, sys, time, traceback
 import torch
@@ -129,6 +130,20 @@ class Runner:
             res["ttft"] = dict(error=traceback.format_exc()[-3000:]); log(f"  !! {label} TTFT: {e}")
         self.save()
 
+    def graph_check(self, label, model, st, B):
+        "The loop's CUDA-graph replay against the same loop run eagerly (same kernels): tokens must be identical."
+        res = self.result["models"][label]
+        fast = res.get(f"b{B}", {}).get("tokens") if isinstance(res.get(f"b{B}"), dict) else None
+        if fast is None or self.over() or not st.calls or not st.calls[-1].get("loop"): return
+        args = self.args
+        st.graphs, st.step = False, None
+        try: _, ref = timed(model, gen_kwargs(self.prompt(B, args.prompt_len, model.config.vocab_size, model.device), args.new_tokens, {}))
+        finally: st.graphs, st.step = None, None
+        ref = ref[:, args.prompt_len:].tolist()
+        res.setdefault("graph_vs_eager_step", {})[f"b{B}"] = dict(all_equal=ref == fast)
+        log(f"  {label} loop with CUDA graph vs same loop eager, batch {B}: tokens equal {ref == fast}")
+        self.save()
+
     def greedy_check(self, label, model, st, B):
         "First check_tokens greedy tokens, set-up on vs off (transformers' eager dynamic-cache path), same prompts."
         res = self.result["models"][label]
@@ -156,6 +171,7 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=128); ap.add_argument("--ttft-len", type=int, default=2048)
     ap.add_argument("--check-tokens", type=int, default=32); ap.add_argument("--lm-head", action="store_true")
     ap.add_argument("--skip-fp16", action="store_true"); ap.add_argument("--tuned")
+    ap.add_argument("--fp16-loop", action="store_true", help="also the fp16 model through gptq_nb's decode loop (install_generate)")
     ap.add_argument("--time-limit", type=float, default=1e9, help="seconds; later phases are skipped past it")
     args = ap.parse_args()
     T0 = time.time()
@@ -190,6 +206,9 @@ def main():
                 cc = transformers.CompileConfig(backend="eager"); cc._compile_all_devices = True; extra["compile_config"] = cc
             models[fl] = (fp, extra)
             result["fp_bytes"] = model_bytes(fp)
+            if args.fp16_loop:   # the same fp16 model given gptq_nb's set-up; its static-cache row above declines it
+                install_generate(fp, **({} if dev.type == "cuda" else dict(devices=("cpu",))))
+                models[fl + "+gptq_nb_loop"] = (fp, {})
         t1 = time.time()
         qm = decode.build_model(cfg, dev, dtype); qm.generation_config.pad_token_id = 0
         nq = decode.quantize_in_place(qm, dev, dtype)
@@ -206,7 +225,7 @@ def main():
         log(f"built {args.model} fp16 + gptq ({nq} layers, backend {result['quant']['backend']!r}) in {time.time() - T0:.1f} s")
         for i, B in enumerate(args.batches):
             for label, (m, extra) in models.items(): run.batch(label, m, extra, B)
-            if B in (1, 8): run.greedy_check("gptq", qm, st, B)
+            if B in (1, 8): run.greedy_check("gptq", qm, st, B); run.graph_check("gptq", qm, st, B)
             if i == 0:
                 for label, (m, extra) in models.items(): run.ttft(label, m, extra)
         result["merged_groups"] = st.merged_groups; result["cache_calls"] = st.calls[-12:]; save()
