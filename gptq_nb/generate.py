@@ -9,8 +9,8 @@ import torch
 from .qlinear import MergedProjection, MERGE_GROUPS, merge_projections, unmerge_projections
 
 # %% auto #0
-__all__ = ['ENV_SWITCH', 'bucket_length', 'default_compile_config', 'FastGenerate', 'loop_refusal', 'DecodeStep', 'decode_loop',
-           'install_generate', 'standard_layout']
+__all__ = ['ENV_SWITCH', 'bucket_length', 'default_compile_config', 'FastGenerate', 'loop_refusal', 'DecodeStep',
+           'weights_signature', 'decode_loop', 'install_generate', 'standard_layout']
 
 # %% ../nbs/15_generate.ipynb #c006
 def bucket_length(n:int, limit:int|None=None) -> int:
@@ -141,6 +141,11 @@ class DecodeStep:
 
 
 # %% ../nbs/15_generate.ipynb #c0loop4
+def weights_signature(model) -> tuple:
+    "Which modules and which tensor storage `model` runs with: a captured step is valid only while this is unchanged."
+    return (tuple(map(id, model.modules())),
+            tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers())))
+
 @torch.no_grad()
 def decode_loop(model, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
                 streamer=None, **model_kwargs):
@@ -156,9 +161,11 @@ def decode_loop(model, input_ids, logits_processor, stopping_criteria, generatio
     out = (prefill(input_ids, generation_config, model_kwargs) if prefill is not None
            else model(**model.prepare_inputs_for_generation(input_ids, **model_kwargs), return_dict=True))
     logits = out.logits[:, -1].to(copy=True, dtype=torch.float32); del out
-    if st.step is None or st.step.cache is not cache:
+    sig = weights_signature(model)
+    if st.step is None or st.step.cache is not cache or st.step.signature != sig:
         graph = st.graphs if st.graphs is not None else model.device.type == "cuda"
         st.step = DecodeStep(model, cache, cache_arg, rows, length, graph)
+        st.step.signature = sig
     mask, pos = model_kwargs.get("attention_mask"), model_kwargs.get("position_ids")
     nxt = (pos[:, -1] + 1 if pos is not None else mask.long().sum(-1) if mask is not None
            else torch.full((rows,), P, device=ids.device))
