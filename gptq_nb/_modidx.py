@@ -208,6 +208,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'gptq_nb.generate._generate': ('generate.html#_generate', 'gptq_nb/generate.py'),
                                   'gptq_nb.generate.bucket_length': ('generate.html#bucket_length', 'gptq_nb/generate.py'),
                                   'gptq_nb.generate.decode_loop': ('generate.html#decode_loop', 'gptq_nb/generate.py'),
+                                  'gptq_nb.generate.decode_step': ('generate.html#decode_step', 'gptq_nb/generate.py'),
                                   'gptq_nb.generate.default_compile_config': ( 'generate.html#default_compile_config',
                                                                                'gptq_nb/generate.py'),
                                   'gptq_nb.generate.install_generate': ('generate.html#install_generate', 'gptq_nb/generate.py'),

@@ -9,7 +9,7 @@ import torch
 from .qlinear import MergedProjection, MERGE_GROUPS, merge_projections, unmerge_projections
 
 # %% auto #0
-__all__ = ['ENV_SWITCH', 'bucket_length', 'default_compile_config', 'FastGenerate', 'loop_refusal', 'DecodeStep',
+__all__ = ['ENV_SWITCH', 'bucket_length', 'default_compile_config', 'FastGenerate', 'loop_refusal', 'decode_step', 'DecodeStep',
            'weights_signature', 'decode_loop', 'install_generate', 'standard_layout']
 
 # %% ../nbs/15_generate.ipynb #c006
@@ -31,10 +31,11 @@ def default_compile_config():
 class FastGenerate:
     "gptq_nb's `generate` set-up on one model; `enabled` is the switch."
     def __init__(self, enabled:bool=True, devices=("cuda",), merge:bool=True, compile_config=None, loop:bool=True,
-                 graphs:bool|None=None, check_every:int=16):
+                 graphs:bool|None=None, compile_step:bool|None=None, check_every:int=16):
         self.enabled, self.devices, self.merge, self.loop, self.check_every = enabled, tuple(devices), merge, loop, check_every
-        self.graphs = graphs   # None: CUDA graphs on CUDA, eager elsewhere
+        self.graphs, self.compile_step = graphs, compile_step   # None: on CUDA yes, elsewhere no
         self.compile_config = compile_config or default_compile_config()
+        self.step_fn = None    # `decode_step`, compiled (once per model: dynamo keeps one entry per shape it saw)
         self.cache, self.cache_key, self.merged_groups, self.calls, self.warmed = None, None, None, [], set()
         self.step = None       # the `DecodeStep` of the current cache (its CUDA graph points at the cache's tensors)
 
@@ -92,11 +93,19 @@ def loop_refusal(model, get, kwargs) -> str|None:
         if get(k): return f"{k} is set"
     return None
 
+def decode_step(model, cache_arg:str, cache, tok, pos, slot, keep, kv, additive:bool):
+    "Feed `tok` at `pos` into cache slot `slot` (all device tensors), advance both; float32 logits of the next token."
+    ok = (keep & (kv <= slot))[:, None, None, :]
+    if additive: ok = torch.zeros(ok.shape, dtype=model.dtype, device=ok.device).masked_fill_(~ok, torch.finfo(model.dtype).min)
+    out = model(input_ids=tok, position_ids=pos, attention_mask=ok, use_cache=True, return_dict=True, **{cache_arg: cache})
+    pos += 1; slot += 1
+    return out.logits[:, -1].float()
+
 class DecodeStep:
     "One decode step of `model` for `rows` sequences on a static `cache` of `length` slots, from fixed buffers; CUDA-graph captured on first use when `graph`."
-    def __init__(self, model, cache, cache_arg:str, rows:int, length:int, graph:bool):
+    def __init__(self, model, cache, cache_arg:str, rows:int, length:int, graph:bool, fn=decode_step):
         dev = model.device
-        self.model, self.cache, self.cache_arg, self.want_graph, self.graph = model, cache, cache_arg, graph, None
+        self.model, self.cache, self.cache_arg, self.want_graph, self.graph, self.fn = model, cache, cache_arg, graph, None, fn
         self.tok = torch.zeros(rows, 1, dtype=torch.long, device=dev)
         self.pos = torch.zeros(rows, 1, dtype=torch.long, device=dev)
         self.slot = torch.zeros((), dtype=torch.long, device=dev)       # the cache slot the fed token lands in
@@ -111,13 +120,7 @@ class DecodeStep:
         self.pos.copy_(next_pos.view(-1, 1)); self.slot.fill_(prompt_len)
 
     def _run(self):
-        ok = (self.keep & (self.kv <= self.slot))[:, None, None, :]
-        if self.additive:
-            ok = torch.zeros(ok.shape, dtype=self.model.dtype, device=ok.device).masked_fill_(~ok, torch.finfo(self.model.dtype).min)
-        out = self.model(input_ids=self.tok, position_ids=self.pos, attention_mask=ok, use_cache=True, return_dict=True,
-                         **{self.cache_arg: self.cache})
-        self.pos += 1; self.slot += 1
-        return out.logits[:, -1].float()
+        return self.fn(self.model, self.cache_arg, self.cache, self.tok, self.pos, self.slot, self.keep, self.kv, self.additive)
 
     def __call__(self, tokens):
         "Logits (float32) of the next position after feeding `tokens` (one per row)."
@@ -163,8 +166,12 @@ def decode_loop(model, input_ids, logits_processor, stopping_criteria, generatio
     logits = out.logits[:, -1].to(copy=True, dtype=torch.float32); del out
     sig = weights_signature(model)
     if st.step is None or st.step.cache is not cache or st.step.signature != sig:
-        graph = st.graphs if st.graphs is not None else model.device.type == "cuda"
-        st.step = DecodeStep(model, cache, cache_arg, rows, length, graph)
+        cuda = model.device.type == "cuda"
+        if (st.compile_step if st.compile_step is not None else cuda) and st.step_fn is None:
+            cc = st.compile_config   # its backend and dynamic setting; the graph is ours, so no "reduce-overhead"
+            st.step_fn = torch.compile(decode_step, backend=cc.backend, fullgraph=cc.fullgraph, dynamic=cc.dynamic)
+        st.step = DecodeStep(model, cache, cache_arg, rows, length, st.graphs if st.graphs is not None else cuda,
+                             fn=st.step_fn or decode_step)
         st.step.signature = sig
     mask, pos = model_kwargs.get("attention_mask"), model_kwargs.get("position_ids")
     nxt = (pos[:, -1] + 1 if pos is not None else mask.long().sum(-1) if mask is not None
