@@ -55,10 +55,15 @@ class Ranks:
 
     def _src(self, r:int): return r if self.group is None else dist.get_global_rank(self.group, r)
 
+    def gather(self, value, what:str) -> list:
+        "Every rank's `value` (a small picklable object), on every rank."
+        got = [None] * self.world
+        self._c(f"exchanging {what}", dist.all_gather_object, got, value)
+        return got
+
     def agree(self, value, what:str):
         "Check that every rank holds the same `value` (a fingerprint of `what`), else fail on every rank, naming it."
-        got = [None] * self.world
-        self._c(f"comparing {what}", dist.all_gather_object, got, value)
+        got = self.gather(value, what)
         bad = [r for r in range(self.world) if got[r] != got[0]]
         if bad: raise ValueError(f"ranks 0 and {bad[0]} have different {what}: every rank must load the same model, "
                                  "calibration and config (same files, same seed).")

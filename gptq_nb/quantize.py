@@ -434,7 +434,8 @@ def quantize(model:nn.Module|str|os.PathLike,  # a Hugging Face causal LM (modif
         return quantize_folder(model, calibration, config, save_dir, tokenizer=tokenizer, device=device, callback=callback,
                                store_dir=store_dir, progress=progress, experts_all_tokens=experts_all_tokens,
                                min_expert_tokens=min_expert_tokens, expert_fallback=expert_fallback,
-                               min_coverage=min_coverage, max_gpu_memory=max_gpu_memory, work_dir=work_dir)
+                               min_coverage=min_coverage, max_gpu_memory=max_gpu_memory, work_dir=work_dir,
+                               parallel=parallel)
     if save_dir is not None or work_dir is not None:
         raise ValueError("save_dir/work_dir are for a checkpoint folder passed as `model`; for a model object call "
                          "save_quantized(model, dir) after quantize.")

@@ -16,7 +16,7 @@ from .io import (CheckpointError, checkpoint_files, parse_size, quantized_state_
                  quant_dict, write_model_files, move_into_place, _umask_modes, _write_report)
 from .experts import from_checkpoint_keys
 from .quantize import (QuantReport, MIN_CALIBRATION_TOKENS, calibration_batches, plan_layers, _check_coverage,
-                       with_skips, run_block, _quantize_lm_head, _default_device, _run, _Replay)
+                       with_skips, run_block, _quantize_lm_head, _default_device, _run, _Replay, SingleProcess)
 
 # %% auto #0
 __all__ = ['HEADROOM', 'tensor_index', 'read_tensor', 'write_safetensors', 'concat_safetensors', 'empty_weights', 'load_skeleton',
@@ -249,8 +249,8 @@ def run_settings(folder, index:dict, config:QuantizeConfig, batches:list, dtype,
 
 class WorkDir:
     "A streamed run's progress on disk: finished blocks, their report rows, the next block's inputs, `state.json`."
-    def __init__(self, path, settings:dict):
-        self.path, self.settings = Path(path), settings
+    def __init__(self, path, settings:dict, keep_inputs:int=1):
+        self.path, self.settings, self.keep_inputs = Path(path), settings, keep_inputs
         (self.path / "blocks").mkdir(parents=True, exist_ok=True)
         f = self.path / "state.json"
         self.state = json.loads(f.read_text()) if f.exists() else dict(settings=settings, done=0, batch_size=None, planned=False)
@@ -271,17 +271,21 @@ class WorkDir:
         self.state.update(kw); tmp = self.path / ".state.json.tmp"
         tmp.write_text(json.dumps(self.state, indent=1)); os.replace(tmp, self.path / "state.json")
 
-    def commit(self, bi:int, tensors:dict, rows:list, layers:dict, skips:dict, hidden:list):
-        "Persist finished block `bi` and the inputs of the next (in a thread: the next block starts meanwhile)."
+    def rewind(self, done:int):
+        "Resume from block `done` (≤ `self.done`; ranks that got further than the slowest redo their last block)."
+        if done < self.done: self.state["done"] = done
+
+    def commit(self, bi:int, tensors:dict|None, rows:list, layers:dict, skips:dict, hidden:list):
+        "Persist finished block `bi` (`tensors=None`: all but its checkpoint tensors) and the inputs of the next (in a thread: the next block starts meanwhile)."
         self.wait()
         def job():
-            write_safetensors(self.block_file(bi), tensors, {"format": "pt"})
+            if tensors is not None: write_safetensors(self.block_file(bi), tensors, {"format": "pt"})
             (self.path / "blocks" / f"{bi:05d}.json").write_text(json.dumps(dict(rows=rows, skips=skips), default=float))
             flat = {f"{n}::{k}": v for n, d in layers.items() for k, v in d.items() if v is not None}
             write_safetensors(self.path / "blocks" / f"{bi:05d}.layers.safetensors", flat)
             write_safetensors(self._inputs(bi + 1), {f"hidden.{j}": h for j, h in enumerate(hidden)})
             self.save_state(done=bi + 1)
-            self._inputs(bi).unlink(missing_ok=True)
+            self._inputs(bi + 1 - self.keep_inputs).unlink(missing_ok=True)
         def guarded():
             try: job()
             except BaseException as e: self._err = e
@@ -368,7 +372,8 @@ def _outside_blocks(model, prefix, blocks, config, dtype):
 def quantize_folder(folder, calibration, config:QuantizeConfig|None=None, save_dir=None, tokenizer=None, device=None,
                     work_dir=None, max_gpu_memory=None, dtype=None, max_shard_size="4GB", callback=None, store_dir=None,
                     progress:bool=True, experts_all_tokens:bool=False, min_expert_tokens:int=MIN_CALIBRATION_TOKENS,
-                    expert_fallback:str="all_tokens", min_coverage:float=0.5, keep_work_dir:bool=False) -> QuantReport:
+                    expert_fallback:str="all_tokens", min_coverage:float=0.5, keep_work_dir:bool=False,
+                    parallel=None) -> QuantReport:
     "Quantize the checkpoint in `folder` block by block from its files into a GPTQ checkpoint at `save_dir`; resumable."
     if save_dir is None: raise ValueError("quantizing a checkpoint folder streams the result to disk: pass save_dir=.")
     folder, save_dir = Path(folder), Path(save_dir)
@@ -377,37 +382,43 @@ def quantize_folder(folder, calibration, config:QuantizeConfig|None=None, save_d
     config = config or QuantizeConfig()
     device = torch.device(device) if device is not None else _default_device()
     t0 = time.perf_counter()
+    par = parallel or SingleProcess()
+    if par.rank != 0: progress, store_dir = False, None   # one progress bar, one writer
     model, index, stored = load_skeleton(folder, dtype)
     dtype = dtype or stored
     prefix, blocks = find_blocks(model)
     pad_id = getattr(model.config, "pad_token_id", None) or 0
     batches, n_tok = calibration_batches(calibration, config.batch_size, tokenizer, pad_id)
+    mine = par.shard(batches, blocks)   # this process's windows (all of them in one process)
     skip, coverage, n_params = plan_layers(prefix, blocks, config)
     _check_coverage(coverage, min_coverage, progress)
     qconfig = with_skips(config, skip)
     moe = dict(all_tokens=experts_all_tokens, min_tokens=min_expert_tokens, fallback=expert_fallback)
     if store_dir is not None: Path(store_dir).mkdir(parents=True, exist_ok=True)
-    work = WorkDir(work_dir or save_dir.parent / f".{save_dir.name}.gptq-work",
-                   run_settings(folder, index, config, batches, dtype, device, max_gpu_memory, moe))
+    home = Path(work_dir or save_dir.parent / f".{save_dir.name}.gptq-work")
+    settings = run_settings(folder, index, config, batches, dtype, device, max_gpu_memory, moe)
+    if par.world > 1: settings["ranks"] = par.world   # each rank keeps its own inputs, in its own folder
+    work = WorkDir(home / f"rank{par.rank}-of-{par.world}" if par.world > 1 else home, settings, 1 if par.world == 1 else 2)
     report = QuantReport(config, summary=dict(model=str(folder), blocks=len(blocks), calibration_samples=sum(len(b[0]) for b in batches),
                                               calibration_tokens=n_tok, device=str(device), coverage=coverage))
-    if not work.state["planned"] and config.batch_size is None and device.type == "cuda":
+    if not work.state["planned"] and config.batch_size is None and device.type == "cuda" and par.world == 1:
         caps = capture_block_inputs(model, batches, device)
         bs = plan_batch_size(load_block(blocks[0], f"{prefix}.0", index, device, dtype), caps[0], device, max_gpu_memory)
         free_block(blocks[0]); del caps
         work.save_state(batch_size=bs, planned=True)
-    if work.state["batch_size"]: batches, _ = calibration_batches(calibration, work.state["batch_size"], tokenizer, pad_id)
-    caps = capture_block_inputs(model, batches, device)
+    if work.state["batch_size"]: mine, _ = calibration_batches(calibration, work.state["batch_size"], tokenizer, pad_id)
+    caps = capture_block_inputs(model, mine, device)
+    if par.world > 1: work.rewind(min(par.gather(work.done, "finished blocks")))   # all ranks restart at the same block
     work.restore(report, skip, caps, device)
     report.summary.update(batch_size=work.state["batch_size"] or len(batches[0][0]), resumed_at=work.done)
-    base = dict(config=qconfig, report=report, prefix=prefix, callback=callback, store_dir=store_dir, moe=moe)
+    base = dict(config=qconfig, report=report, prefix=prefix, callback=callback, store_dir=store_dir, moe=moe, parallel=par)
     bar = tqdm(total=len(blocks), initial=work.done, desc="GPTQ blocks (from files)", disable=not progress)
     for bi in range(work.done, len(blocks)):
         name, n_rows, before, tb = f"{prefix}.{bi}", len(report.rows), set(skip), time.perf_counter()
         load_block(blocks[bi], name, index, device, dtype)
         run_block(base, bi, blocks[bi], caps, skip, device)
         _crash_hook(bi, "in")
-        tensors = block_tensors(blocks[bi], name, qconfig, stored, device)
+        tensors = block_tensors(blocks[bi], name, qconfig, stored, device) if par.rank == 0 else None   # rank 0 writes
         free_block(blocks[bi])
         rows = report.rows[n_rows:]
         work.commit(bi, tensors, rows, {r["name"]: report.layers[r["name"]] for r in rows},
@@ -417,14 +428,16 @@ def quantize_folder(folder, calibration, config:QuantizeConfig|None=None, save_d
         report.summary.setdefault("block_seconds", []).append(round(time.perf_counter() - tb, 3))
         bar.update(1); bar.set_postfix_str(_mem())
     bar.close(); work.wait()
-    if config.lm_head: _quantize_lm_head(model, batches, caps, config, report, device)
+    if config.lm_head: _quantize_lm_head(model, mine, caps, config, report, device, par)
     del caps
     final = with_skips(config, skip)
     model.gptq_config = report.config = final
     report.summary["kept_full_precision"] = dict(skip)
     report.summary["coverage"] = sum(r["in_features"] * r["out_features"] for r in report.rows if r["block"] >= 0) / n_params
     report.summary["seconds"] = time.perf_counter() - t0
-    write_checkpoint(work, len(blocks), _outside_blocks(model, prefix, blocks, final, stored), model, final, save_dir,
-                     folder, stored, tokenizer, report, max_shard_size)
-    if not keep_work_dir: shutil.rmtree(work.path, ignore_errors=True)
+    if par.rank == 0:
+        write_checkpoint(work, len(blocks), _outside_blocks(model, prefix, blocks, final, stored), model, final, save_dir,
+                         folder, stored, tokenizer, report, max_shard_size)
+    if par.world > 1: par.barrier()   # the checkpoint is in place before any rank returns
+    if not keep_work_dir: shutil.rmtree(home if par.rank == 0 else work.path, ignore_errors=True)
     return report

@@ -1,7 +1,8 @@
 """One rank of tests/test_distributed.py's jobs (started by torchrun, or as a plain process with torchrun's variables):
 quantize a tiny random Llama with `parallel=Ranks()` and write what it got to OUT/rank{R}.safetensors (rank 0: the
 report and the stored Hessians too). FAIL_RANK=r makes rank r raise after its third layer,
-FAIL_SOLVE=name makes the solver raise on that linear; CFG is QuantizeConfig JSON; N the number of windows."""
+FAIL_SOLVE=name makes the solver raise on that linear; CFG is QuantizeConfig JSON; N the number of windows.
+FOLDER=path quantizes that checkpoint folder from its files instead (16_stream), into OUT/ckpt (work dir OUT/work)."""
 import json, os, sys
 import torch
 from safetensors.torch import save_file
@@ -17,6 +18,16 @@ def calib(n=12, L=40, seed=0):
     base = torch.randint(0, 256, (8,), generator=g)
     return [{"input_ids": torch.cat([base[torch.randint(0, 8, (1,), generator=g)],
                                      torch.randint(0, 256, (L - 1 - i % 7,), generator=g)])} for i in range(n)]
+
+
+def run_folder(folder: str, out: str, cfg: dict, n: int = 12):
+    "Quantize the checkpoint in `folder` block by block from its files, every rank taking part; rank 0 writes OUT/ckpt."
+    ranks = distributed.init() if distributed.launched() else None
+    rep = quantize(folder, calib(n), QuantizeConfig(group_size=32, **cfg), parallel=ranks, progress=False,
+                   save_dir=os.path.join(out, "ckpt"), work_dir=os.path.join(out, "work"))
+    if ranks is None or ranks.rank == 0: json.dump([r["name"] for r in rep.rows], open(os.path.join(out, "rows.json"), "w"))
+    if ranks is not None: ranks.finish()
+    return rep
 
 
 def run(out: str, cfg: dict, fail_rank: int = -1, n: int = 12):
@@ -49,4 +60,5 @@ def run(out: str, cfg: dict, fail_rank: int = -1, n: int = 12):
 
 
 if __name__ == "__main__":
+    if os.environ.get("FOLDER"): run_folder(os.environ["FOLDER"], sys.argv[1], json.loads(os.environ.get("CFG", "{}")), int(os.environ.get("N", "12"))); sys.exit()
     run(sys.argv[1], json.loads(os.environ.get("CFG", "{}")), int(os.environ.get("FAIL_RANK", "-1")), int(os.environ.get("N", "12")))

@@ -147,3 +147,27 @@ def test_ranks_with_different_data_refuse(tmp_path):
     "Ranks that loaded different calibration sets would run and write nonsense: every rank refuses, naming the problem."
     res = _plain_ranks(tmp_path, [dict(N="12"), dict(N="11")])
     for rc, err in res: assert rc != 0 and "different calibration data or model shapes" in err, err[-3000:]
+
+
+def test_two_ranks_from_the_files_match_one_process(tmp_path):
+    "The folder path (16_stream) under torchrun: rank 0 writes the checkpoint, equal to the 1-process streamed run's; a run killed after block 0 resumes."
+    from gptq_nb.model import tiny_causal_lm
+    src = tmp_path / "src"; tiny_causal_lm("llama").save_pretrained(src)
+    cfg = json.dumps(dict(desc_act=True, sym=False, batch_size=3))
+    (one := tmp_path / "one").mkdir(); (two := tmp_path / "two").mkdir()
+    _in_process(lambda: _worker().run_folder(str(src), str(one), json.loads(cfg)))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(WORKER), str(two)],
+                       env=_env(FOLDER=str(src), CFG=cfg, GPTQ_NB_CRASH="after:0"), capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
+    assert r.returncode != 0 and not (two / "ckpt").exists()            # killed after block 0: no checkpoint yet
+    done = [json.loads((two / "work" / f"rank{k}-of-2" / "state.json").read_text())["done"] for k in range(2)]
+    assert done[0] == 1 and done[1] in (0, 1), done   # rank 1 may be stopped by torchrun before its commit lands
+    _torchrun(2, WORKER, two, FOLDER=str(src), CFG=cfg)                 # resumes at the slowest rank's block
+    assert not (two / "work").exists()
+    a, b = (load_file(d / "ckpt" / "model.safetensors") for d in (one, two))
+    assert sorted(a) == sorted(b)
+    for k in a:
+        if not k.endswith((".qweight", ".qzeros", ".g_idx")): assert torch.allclose(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-6), k
+    assert all(torch.equal(a[k], b[k]) for k in a if k.endswith(".g_idx"))
+    frac = {k: float((a[k] == b[k]).float().mean()) for k in a if k.endswith(".qweight")}   # packed words: stricter than codes
+    _check_codes(frac, "2 ranks from the files (packed words)")
+    assert json.loads((one / "rows.json").read_text()) == json.loads((two / "rows.json").read_text())
