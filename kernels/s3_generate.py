@@ -158,9 +158,22 @@ class Runner:
         finally: st.enabled = True
         ref = ref[:, args.prompt_len:].tolist()
         rows = [next((i for i, (x, y) in enumerate(zip(a[:args.check_tokens], b)) if x != y), None) for a, b in zip(fast, ref)]
+        margins = []   # at each row's first flip: the eager model's logits on the fast path's own prefix
+        prompt = self.prompt(B, args.prompt_len, model.config.vocab_size, model.device)
+        st.enabled = False
+        try:
+            for r, j in enumerate(rows):
+                if j is None: margins.append(None); continue
+                seq = torch.cat([prompt[r], torch.tensor(fast[r][:j], device=prompt.device)])[None]
+                with torch.no_grad(): lg = model(input_ids=seq).logits[0, -1].float()
+                top = lg.topk(2).values
+                margins.append(dict(step=j, top2_gap=float(top[0] - top[1]), logit_range=float(lg.max() - lg.min()),
+                                    fast_minus_eager_token=float(lg[fast[r][j]] - lg[ref[r][j]])))
+        finally: st.enabled = True
         res.setdefault("greedy_vs_eager", {})[f"b{B}"] = dict(tokens=args.check_tokens, first_mismatch_per_row=rows,
-                                                              all_equal=all(m is None for m in rows))
-        log(f"  {label} greedy {args.check_tokens} tokens vs eager, batch {B}: first mismatch per row {rows}")
+                                                              all_equal=all(m is None for m in rows), margins=margins)
+        log(f"  {label} greedy {args.check_tokens} tokens vs eager, batch {B}: first mismatch per row {rows}; "
+            f"at the flips (eager logits): {[m and (round(m['top2_gap'], 4), round(m['fast_minus_eager_token'], 4)) for m in margins]}")
         self.save()
 
 
