@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN  := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: demo test test-lora-real test-interop lab bench-accuracy clean-nbs export
+.PHONY: demo test test-slow test-lora-real test-interop lab bench-accuracy clean-nbs export
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,11 @@ test: $(VENV)/.dev
 	$(BIN)/nbdev-test --n-workers 2 --timing
 	@echo "== pytest"
 	$(BIN)/python -m pytest -q tests
+
+# Checks that take minutes of CPU, not part of `make test`: a 0.57 GB checkpoint quantized from its files under an
+# RSS bound of a third of its size (tests/test_stream.py).
+test-slow: $(VENV)/.dev
+	GPTQ_NB_SLOW=1 $(BIN)/python -m pytest -q -s tests/test_stream.py -k rss_cap
 
 # LoRA on the real default model (nbs/18_lora's slow cell: minutes on a CPU); not part of `make test`.
 ifeq ($(NO_GPU),1)
