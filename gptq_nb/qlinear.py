@@ -4,7 +4,6 @@
 
 # %% ../nbs/11_qlinear.ipynb #c002
 from __future__ import annotations
-import inspect, re
 import torch
 from torch import nn
 from .quant import QuantizedWeight, QuantizeConfig, n_groups, rtn_quantize
@@ -12,65 +11,15 @@ from .model import linear_shape
 from .pack import block_shape, check_packable, pack_weight, unpack_rows, unpack_zeros, unpack_weight, FORMATS
 
 # %% auto #0
-__all__ = ['AUTO_ORDER', 'MERGE_GROUPS', 'register_backend', 'unregister_backend', 'available_backends', 'resolve_backend',
-           'dequantize_weight', 'torch_forward', 'QuantLinear', 'find_block_list', 'quantizable_linears',
+__all__ = ['MERGE_GROUPS', 'dequantize_weight', 'torch_forward', 'QuantLinear', 'find_block_list', 'quantizable_linears',
            'rtn_quantize_model', 'pack_model', 'set_backend', 'merge_qlinears', 'MergedProjection', 'ProjectionPart',
-           'merge_projections', 'unmerge_projections']
+           'merge_projections', 'unmerge_projections', 'AUTO_ORDER', 'register_backend', 'unregister_backend',
+           'available_backends', 'resolve_backend']
 
 # %% ../nbs/11_qlinear.ipynb #c005
-_BACKENDS = {}            # name -> (forward_fn, is_available_fn, differentiable)
-AUTO_ORDER = ["triton"]   # preferred backends for "auto", best first; "torch" is the final fallback
-
-def _as_module_x(fn):
-    "`fn` as a `(module, x) -> bool` test, whether it takes (module, x), (device) or nothing (read once, not per call)."
-    if fn is None: return lambda module, x: True
-    try: n = len([p for p in inspect.signature(fn).parameters.values() if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)])
-    except (TypeError, ValueError): n = 2
-    if n >= 2: return fn
-    return (lambda module, x: fn(x.device)) if n == 1 else (lambda module, x: fn())
-
-def register_backend(name:str, forward_fn, is_available_fn=None, differentiable:bool=False):
-    "Register `forward_fn(module, x) -> y` as backend `name`; `is_available_fn(module, x)` or `(device)` -> bool."
-    _BACKENDS[name] = (forward_fn, _as_module_x(is_available_fn), differentiable)
-
-def unregister_backend(name:str):
-    "Remove backend `name` (no error if absent); 'torch' stays."
-    if name != "torch": _BACKENDS.pop(name, None)
-
-def available_backends():
-    "Names of the registered backends."
-    return list(_BACKENDS)
-
-def _is_available(fn, module, x): return bool(fn(module, x))
-
-_TRIED_KERNELS = []
-def _load_kernels():
-    "Import the Triton kernels once (they register the 'triton' backend); quietly skip when triton is missing."
-    _TRIED_KERNELS.append(True)
-    try: import gptq_nb.kernels.gemm  # noqa: F401  (registers itself)
-    except Exception: pass
-
-def resolve_backend(module, x):
-    "The backend name `module` will use for input `x`."
-    name = module.backend
-    if x.is_cuda and "triton" not in _BACKENDS and not _TRIED_KERNELS:
-        _load_kernels()
-    if name == "auto":
-        needs_grad = x.requires_grad and torch.is_grad_enabled()
-        for cand in AUTO_ORDER:
-            if cand in _BACKENDS and (_BACKENDS[cand][2] or not needs_grad) and _is_available(_BACKENDS[cand][1], module, x):
-                return cand
-        return "torch"
-    if name not in _BACKENDS:
-        raise ValueError(f"backend {name!r} is not registered: use 'auto' or one of {available_backends()} "
-                         "(the Triton backend registers itself when gptq_nb.kernels imports with triton installed).")
-    if x.requires_grad and torch.is_grad_enabled() and not _BACKENDS[name][2]:
-        raise RuntimeError(f"backend {name!r} has no backward, but the input needs a gradient (training): use "
-                           "backend='auto', which picks a differentiable backend when one is needed, or 'torch'.")
-    if not _is_available(_BACKENDS[name][1], module, x):
-        raise RuntimeError(f"backend {name!r} can't run this layer ({module.bits}-bit, input on {x.device}, {x.dtype}): "
-                           "use backend='auto' to fall back to 'torch'.")
-    return name
+from .backends import (_BACKENDS, AUTO_ORDER, register_backend, unregister_backend, available_backends,
+                              resolve_backend)
+_all_ = ["AUTO_ORDER", "register_backend", "unregister_backend", "available_backends", "resolve_backend"]   # re-exported: older code imports them from here
 
 # %% ../nbs/11_qlinear.ipynb #c007
 def dequantize_weight(m, dtype=torch.float32):
