@@ -12,8 +12,8 @@ from transformers.quantizers import auto as _qauto
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import GPTQConfig as _HFGPTQConfig
 from .quant import SUPPORTED_BITS
-from .model import linear_shape
-from .qlinear import QuantLinear, quantizable_linears, _set_module, _is_conv1d
+from .model import linear_shape, is_linear, quantizable_linears
+from .qlinear import QuantLinear, _set_module
 from .io import normalize_quant_config, read_quant_config, read_header, check_tensors, CheckpointError, _quant_config_obj
 from .experts import from_checkpoint_keys, unfuse_for_checkpoint   # MoE (notebook 17)
 from .generate import install_generate
@@ -79,7 +79,7 @@ class GptqNbHfQuantizer(HfQuantizer):
         selected = quantizable_linears(model, qd)
         if headers:
             for name, m in model.named_modules():
-                if f"{name}.qweight" in headers and name not in selected and (isinstance(m, nn.Linear) or _is_conv1d(m)):
+                if f"{name}.qweight" in headers and name not in selected and is_linear(m):
                     selected[name] = (m, qc)
         qls = {}
         for name, (m, mc) in selected.items():

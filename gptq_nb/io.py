@@ -12,8 +12,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from .quant import QuantizeConfig, SUPPORTED_BITS
 from .pack import FORMATS, pack_weight, convert_qzeros
-from .model import linear_shape, check_causal_lm
-from .qlinear import QuantLinear, MergedProjection, quantizable_linears, _set_module, _is_conv1d
+from .model import linear_shape, check_causal_lm, is_linear, quantizable_linears
+from .qlinear import QuantLinear, MergedProjection, _set_module
 from .experts import to_checkpoint_keys, from_checkpoint_keys, unfuse_for_checkpoint   # MoE (notebook 17)
 
 # %% auto #0
@@ -384,7 +384,7 @@ def _checked_skeleton(ckpt, dtype=torch.float16, backend:str="auto", model_cls=N
     unfuse_for_checkpoint(model, headers)
     selected = quantizable_linears(model, qd)
     for name, m in model.named_modules():   # quantized in the file but not selected by the config
-        if f"{name}.qweight" in headers and name not in selected and (isinstance(m, nn.Linear) or _is_conv1d(m)):
+        if f"{name}.qweight" in headers and name not in selected and is_linear(m):
             warnings.warn(f"{name} is quantized in the checkpoint but not selected by its config: loading it with the base config.")
             selected[name] = (m, qc)
     qls = {}

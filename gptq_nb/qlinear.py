@@ -7,14 +7,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 from .quant import QuantizedWeight, QuantizeConfig, n_groups, rtn_quantize
-from .model import linear_shape
+from .model import linear_shape, linear_weight, set_linear_weight, quantizable_linears
 from .pack import block_shape, check_packable, pack_weight, unpack_rows, unpack_zeros, unpack_weight, FORMATS
 
 # %% auto #0
-__all__ = ['MERGE_GROUPS', 'dequantize_weight', 'torch_forward', 'QuantLinear', 'find_block_list', 'quantizable_linears',
-           'rtn_quantize_model', 'pack_model', 'set_backend', 'merge_qlinears', 'MergedProjection', 'ProjectionPart',
-           'merge_projections', 'unmerge_projections', 'AUTO_ORDER', 'register_backend', 'unregister_backend',
-           'available_backends', 'resolve_backend']
+__all__ = ['MERGE_GROUPS', 'dequantize_weight', 'torch_forward', 'QuantLinear', 'rtn_quantize_model', 'pack_model', 'set_backend',
+           'merge_qlinears', 'MergedProjection', 'ProjectionPart', 'merge_projections', 'unmerge_projections',
+           'AUTO_ORDER', 'register_backend', 'unregister_backend', 'available_backends', 'resolve_backend']
 
 # %% ../nbs/11_qlinear.ipynb #c005
 from .backends import (_BACKENDS, AUTO_ORDER, register_backend, unregister_backend, available_backends,
@@ -38,8 +37,6 @@ def torch_forward(m, x):
 register_backend("torch", torch_forward, lambda module, x: True, differentiable=True)
 
 # %% ../nbs/11_qlinear.ipynb #c009
-def _is_conv1d(m): return type(m).__name__ == "Conv1D" and hasattr(m, "nf")
-
 class QuantLinear(nn.Module):
     "A GPTQ-packed linear layer: `y = x @ W + b` with `W` stored as `qweight/qzeros/scales/g_idx`."
     def __init__(self, in_features:int, out_features:int, bits:int=4, group_size:int=128, bias:bool=False,
@@ -102,52 +99,16 @@ class QuantLinear(nn.Module):
                 f"group_size={self.group_size}, sym={self.sym}, format={self.checkpoint_format}, "
                 f"backend={self.backend}, bias={self.bias is not None}")
 
-# %% ../nbs/11_qlinear.ipynb #c021
-def find_block_list(model, block_name:str|None=None):
-    "`(name, ModuleList)` of the decoder blocks: `block_name` if given, else what `quantize` found (`find_blocks`)."
-    if block_name: return block_name, model.get_submodule(block_name)
-    from gptq_nb.model import find_blocks   # the same rule quantize() used (notebook 04)
-    return find_blocks(model)
-
-def _qdict(config):
-    if isinstance(config, QuantizeConfig): return config.to_dict()
-    return config if isinstance(config, dict) else config.to_dict()
-
-def quantizable_linears(model, config):
-    "`{name: (module, QuantizeConfig)}` of the layers `config` quantizes (a QuantizeConfig or a checkpoint dict)."
-    d = _qdict(config); qc = QuantizeConfig.from_dict(d) if not isinstance(config, QuantizeConfig) else config
-    bname = d.get("block_name_to_quantize")
-    if isinstance(bname, (list, tuple)): bname = bname[0] if bname else None
-    prefix, blocks = find_block_list(model, bname)
-    inside = d.get("modules_in_block_to_quantize")
-    inside = {n for grp in inside for n in (grp if isinstance(grp, (list, tuple)) else [grp])} if inside else None
-    out = {}
-    for name, m in model.named_modules():
-        if not (isinstance(m, nn.Linear) or _is_conv1d(m)): continue
-        in_blocks = name.startswith(prefix + ".")
-        is_head = m is model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else name == "lm_head"
-        if is_head and not d.get("lm_head", False): continue
-        if not (in_blocks or is_head): continue
-        if in_blocks and inside is not None:
-            rel = name[len(prefix) + 1:].split(".", 1)[-1]   # drop the block index
-            if rel not in inside: continue
-        mc = qc.for_module(name)
-        if mc is not None: out[name] = (m, mc)
-    return out
-
+# %% ../nbs/11_qlinear.ipynb #c022
 def _set_module(model, name, new):
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
-# %% ../nbs/11_qlinear.ipynb #c022
 def rtn_quantize_model(model, config:QuantizeConfig):
     "RTN-quantize every layer `config` selects, in place, leaving what `quantize` leaves: the dequantized weight and `gptq_result`."
     for name, (m, mc) in quantizable_linears(model, config).items():
-        conv = _is_conv1d(m)
-        W = m.weight.data.T if conv else m.weight.data
-        qw = rtn_quantize(W, mc.bits, mc.group_size, mc.sym, mc.mse, mc.zero_min)
-        deq = qw.dequantize(m.weight.dtype)
-        m.weight.data.copy_(deq.T if conv else deq)
+        qw = rtn_quantize(linear_weight(m).data, mc.bits, mc.group_size, mc.sym, mc.mse, mc.zero_min)
+        set_linear_weight(m, qw.dequantize(m.weight.dtype))
         m.gptq_result = qw
     model.gptq_config = config
     return model
