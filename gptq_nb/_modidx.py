@@ -292,6 +292,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'gptq_nb.io.parse_size': ('io.html#parse_size', 'gptq_nb/io.py'),
                             'gptq_nb.io.push_to_hub': ('io.html#push_to_hub', 'gptq_nb/io.py'),
                             'gptq_nb.io.quant_dict': ('io.html#quant_dict', 'gptq_nb/io.py'),
+                            'gptq_nb.io.quantized_skeleton': ('io.html#quantized_skeleton', 'gptq_nb/io.py'),
                             'gptq_nb.io.quantized_state_dict': ('io.html#quantized_state_dict', 'gptq_nb/io.py'),
                             'gptq_nb.io.read_header': ('io.html#read_header', 'gptq_nb/io.py'),
                             'gptq_nb.io.read_quant_config': ('io.html#read_quant_config', 'gptq_nb/io.py'),
