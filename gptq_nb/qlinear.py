@@ -22,11 +22,11 @@ _all_ = ["AUTO_ORDER", "register_backend", "unregister_backend", "available_back
 
 # %% ../nbs/11_qlinear.ipynb #c007
 def dequantize_weight(m, dtype=torch.float32):
-    "The `[K, N]` weight a `QuantLinear` stands for, as `dtype`."
-    q = unpack_rows(m.qweight, m.bits)                            # [K, N]
-    z = unpack_zeros(m.qzeros, m.bits, m.checkpoint_format)       # [G, N]
-    gi = m.g_idx.long()
-    return (m.scales.float()[gi] * (q - z[gi]).float()).to(dtype)
+    "The `[K, N]` weight a `QuantLinear` stands for, as `dtype`: `QuantizedWeight.dequantize` of its unpacked tensors, on their device."
+    codes = unpack_rows(m.qweight, m.bits).T                      # [N, K]
+    zeros = unpack_zeros(m.qzeros, m.bits, m.checkpoint_format)   # [G, N]
+    qw = QuantizedWeight(codes, m.scales.float(), zeros.float(), m.g_idx, m.bits, getattr(m, "group_size", -1))  # (group_size is not read)
+    return qw.dequantize(dtype).T
 
 def torch_forward(m, x):
     "Reference backend: dequantize, then an ordinary matmul in `x.dtype` (differentiable in `x`)."
