@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from .quant import QuantizedWeight, QuantizeConfig, n_groups, rtn_quantize
 from .model import linear_shape, linear_weight, set_linear_weight, quantizable_linears
-from .pack import block_shape, check_packable, pack_weight, unpack_rows, unpack_zeros, unpack_weight, FORMATS
+from .pack import check_packable, pack_weight, unpack_rows, unpack_zeros, unpack_weight, FORMATS
 
 # %% auto #0
 __all__ = ['MERGE_GROUPS', 'dequantize_weight', 'torch_forward', 'QuantLinear', 'rtn_quantize_model', 'pack_model', 'set_backend',
