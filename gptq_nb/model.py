@@ -5,6 +5,7 @@
 # %% ../nbs/04_model.ipynb #c002
 from __future__ import annotations
 import itertools
+from contextlib import contextmanager
 from dataclasses import dataclass
 import torch, torch.nn as nn
 from transformers.pytorch_utils import Conv1D
@@ -14,7 +15,7 @@ from .quant import QuantizeConfig
 __all__ = ['TINY_ARCHS', 'MOE_ARCHS', 'EXPERT_PARAMS', 'is_linear', 'linear_weight', 'set_linear_weight', 'linear_shape',
            'tiny_causal_lm', 'tiny_moe_lm', 'find_blocks', 'find_linears', 'quantizable_linears', 'ExpertsSpec',
            'experts_spec', 'find_experts', 'expert_of', 'find_routers', 'unpackable', 'check_causal_lm', 'StopForward',
-           'to_device', 'capture_block_inputs', 'probe_block', 'find_stages']
+           'stop_before', 'to_device', 'capture_block_inputs', 'probe_block', 'find_stages']
 
 # %% ../nbs/04_model.ipynb #c005
 def is_linear(m:nn.Module, packed:bool=False):
@@ -222,6 +223,16 @@ def check_causal_lm(model:nn.Module):
 # %% ../nbs/04_model.ipynb #c013
 class StopForward(Exception):
     "Raised inside a forward to stop it once what we need has been seen."
+
+def _raise_stop(module, args): raise StopForward()
+
+@contextmanager
+def stop_before(module:nn.Module|None):
+    "Inside the `with`, a forward that reaches `module` stops there with `StopForward` (catch it around each call); `None`: no stop."
+    h = None if module is None else module.register_forward_pre_hook(_raise_stop)
+    try: yield
+    finally:
+        if h is not None: h.remove()
 
 def to_device(obj, device):
     "Move the tensors inside nested tuples/lists/dicts to `device`."

@@ -15,7 +15,7 @@ from .gptq import gptq_quantize_many
 from .gptaq import needs_fp_inputs, fp_block_inputs, observe_fp
 from .qronos import solve_method
 from .model import (find_blocks, find_linears, find_stages, capture_block_inputs, linear_weight,
-                           set_linear_weight, linear_shape, StopForward, to_device)
+                           set_linear_weight, linear_shape, StopForward, stop_before, to_device)
 from .model import probe_block, find_experts, find_routers, expert_of, unpackable, check_causal_lm
 from .experts import MoEExperts, unfuse_experts, planned_expert_linears
 
@@ -206,17 +206,14 @@ def quantize_block(ctx, bi:int, batches:list, stages:list, groups:list|None=None
         dense, rout = [n for n in names if n not in routed], [n for n in names if n in routed]
         dev = batches[0]["hidden"].device   # Hessians where the activations are (not the default CPU)
         fp_hook = lambda n, x: observe_fp(ctx.get("fp"), n, x, *ctx["batch"])
-        with HessianHooks({n: linears[n] for n in dense}, dev, on_input=fp_hook) as hh, HessianHooks({n: linears[n] for n in rout}, dev) as hr:
-            stop = None if rout else linears[names[-1]].register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(StopForward()))
+        with (HessianHooks({n: linears[n] for n in dense}, dev, on_input=fp_hook) as hh, HessianHooks({n: linears[n] for n in rout}, dev) as hr,
+              stop_before(None if rout else linears[names[-1]])):
             _reset_tokens(ctx)
-            try:
-                for j, b in enumerate(batches):
-                    hh.new_batch(b["mask"]); hr.new_batch(None); ctx["batch"] = (b["mask"], j)
-                    _experts_calibrating(ctx, b, j)
-                    try: _run(block, b["hidden"], *b["block_args"][bi])
-                    except StopForward: pass
-            finally:
-                if stop is not None: stop.remove()
+            for j, b in enumerate(batches):
+                hh.new_batch(b["mask"]); hr.new_batch(None); ctx["batch"] = (b["mask"], j)
+                _experts_calibrating(ctx, b, j)
+                try: _run(block, b["hidden"], *b["block_args"][bi])
+                except StopForward: pass
         for si in g:
             todo = stages[si]; H = {**hh.hessians, **hr.hessians}.get(todo[0])
             if H is not None or todo[0] in routed: solve(si, todo, H)
@@ -517,14 +514,11 @@ def _quantize_lm_head(model, batches, caps, config, report, device, parallel=Non
     home = head.weight.device
     try:
         model.to(device)   # the blocks are out of the tree: embeddings, final norm and head only
-        with HessianHooks({"lm_head": head}, device) as hh:
-            stop = head.register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(StopForward()))
-            try:
-                for (ids, mask), c in zip(batches, caps):
-                    hh.new_batch(mask.to(device)); store["hidden"] = c["hidden"].to(device)
-                    try: model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-                    except StopForward: pass
-            finally: stop.remove()
+        with HessianHooks({"lm_head": head}, device) as hh, stop_before(head):
+            for (ids, mask), c in zip(batches, caps):
+                hh.new_batch(mask.to(device)); store["hidden"] = c["hidden"].to(device)
+                try: model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+                except StopForward: pass
         ctx = dict(config=config, report=report, callback=None, store_dir=None, parallel=parallel)
         _solve_linear(ctx, "lm_head", -1, "lm_head", 0, head, hh.hessian_for("lm_head"))
     finally:
