@@ -6,14 +6,14 @@
 from __future__ import annotations
 import torch
 from torch import nn
-from .quant import QuantizedWeight, QuantizeConfig, n_groups, rtn_quantize
-from .model import linear_shape, linear_weight, set_linear_weight, quantizable_linears
+from .quant import QuantizedWeight, QuantizeConfig, n_groups
+from .model import linear_shape
 from .pack import check_packable, pack_weight, unpack_rows, unpack_zeros, unpack_weight, FORMATS
 
 # %% auto #0
-__all__ = ['MERGE_GROUPS', 'dequantize_weight', 'torch_forward', 'QuantLinear', 'rtn_quantize_model', 'pack_model', 'set_backend',
-           'merge_qlinears', 'MergedProjection', 'ProjectionPart', 'merge_projections', 'unmerge_projections',
-           'AUTO_ORDER', 'register_backend', 'unregister_backend', 'available_backends', 'resolve_backend']
+__all__ = ['MERGE_GROUPS', 'dequantize_weight', 'torch_forward', 'QuantLinear', 'pack_model', 'set_backend', 'merge_qlinears',
+           'MergedProjection', 'ProjectionPart', 'merge_projections', 'unmerge_projections', 'AUTO_ORDER',
+           'register_backend', 'unregister_backend', 'available_backends', 'resolve_backend']
 
 # %% ../nbs/11_qlinear.ipynb #c005
 from .backends import (_BACKENDS, AUTO_ORDER, register_backend, unregister_backend, available_backends,
@@ -103,15 +103,6 @@ class QuantLinear(nn.Module):
 def _set_module(model, name, new):
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
-
-def rtn_quantize_model(model, config:QuantizeConfig):
-    "RTN-quantize every layer `config` selects, in place, leaving what `quantize` leaves: the dequantized weight and `gptq_result`."
-    for name, (m, mc) in quantizable_linears(model, config).items():
-        qw = rtn_quantize(linear_weight(m).data, mc.bits, mc.group_size, mc.sym, mc.mse, mc.zero_min)
-        set_linear_weight(m, qw.dequantize(m.weight.dtype))
-        m.gptq_result = qw
-    model.gptq_config = config
-    return model
 
 def pack_model(model, config:QuantizeConfig|None=None, backend:str="auto"):
     "Swap every layer carrying `gptq_result` for a `QuantLinear` (in place); returns the model."

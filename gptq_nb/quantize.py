@@ -9,19 +9,19 @@ from pathlib import Path
 import torch, torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .quant import QuantizeConfig, QuantizedWeight
+from .quant import QuantizeConfig, QuantizedWeight, rtn_quantize
 from .hessian import Hessian, HessianHooks
 from .gptq import gptq_quantize_many
 from .gptaq import needs_fp_inputs, fp_block_inputs, observe_fp
 from .qronos import solve_method
 from .model import (find_blocks, find_linears, find_stages, capture_block_inputs, linear_weight,
                            set_linear_weight, linear_shape, StopForward, stop_before, to_device)
-from .model import probe_block, find_experts, find_routers, expert_of, unpackable, check_causal_lm
+from .model import probe_block, find_experts, find_routers, expert_of, unpackable, check_causal_lm, quantizable_linears
 from .experts import MoEExperts, unfuse_experts, planned_expert_linears
 
 # %% auto #0
 __all__ = ['MIN_CALIBRATION_TOKENS', 'QuantReport', 'layer_record', 'calibration_batches', 'SingleProcess', 'quantize_block',
-           'plan_layers', 'with_skips', 'expert_table', 'run_block', 'fit_batch_size', 'quantize']
+           'plan_layers', 'with_skips', 'expert_table', 'run_block', 'fit_batch_size', 'quantize', 'rtn_quantize_model']
 
 # %% ../nbs/05_quantize.ipynb #c005
 class QuantReport:
@@ -524,4 +524,15 @@ def _quantize_lm_head(model, batches, caps, config, report, device, parallel=Non
     finally:
         model.to(home)   # before the blocks come back (a streamed model's are empty)
         for i, b in enumerate(orig): blocks[i] = b
+
+
+# %% ../nbs/05_quantize.ipynb #c020b
+def rtn_quantize_model(model, config:QuantizeConfig):
+    "RTN-quantize every layer `config` selects, in place, leaving what `quantize` leaves: the dequantized weight and `gptq_result`."
+    for name, (m, mc) in quantizable_linears(model, config).items():
+        qw = rtn_quantize(linear_weight(m).data, mc.bits, mc.group_size, mc.sym, mc.mse, mc.zero_min)
+        set_linear_weight(m, qw.dequantize(m.weight.dtype))
+        m.gptq_result = qw
+    model.gptq_config = config
+    return model
 
