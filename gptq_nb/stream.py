@@ -16,7 +16,7 @@ from .io import (CheckpointError, checkpoint_files, parse_size, quantized_state_
                  quant_dict, write_model_files, move_into_place, _umask_modes, _write_report)
 from .experts import from_checkpoint_keys
 from .quantize import (QuantReport, MIN_CALIBRATION_TOKENS, calibration_batches, plan_layers, _check_coverage,
-                       with_skips, run_block, _quantize_lm_head, _default_device, _run, _Replay)
+                       with_skips, run_block, BlockContext, _quantize_lm_head, _default_device, _run, _Replay)
 
 # %% auto #0
 __all__ = ['HEADROOM', 'tensor_index', 'read_tensor', 'write_safetensors', 'concat_safetensors', 'empty_weights', 'load_skeleton',
@@ -400,7 +400,7 @@ def quantize_folder(folder, calibration, config:QuantizeConfig|None=None, save_d
     caps = capture_block_inputs(model, batches, device)
     work.restore(report, skip, caps, device)
     report.summary.update(batch_size=work.state["batch_size"] or len(batches[0][0]), resumed_at=work.done)
-    base = dict(config=qconfig, report=report, prefix=prefix, callback=callback, store_dir=store_dir, moe=moe)
+    base = BlockContext(config=qconfig, report=report, prefix=prefix, callback=callback, store_dir=store_dir, moe=moe)
     bar = tqdm(total=len(blocks), initial=work.done, desc="GPTQ blocks (from files)", disable=not progress)
     for bi in range(work.done, len(blocks)):
         name, n_rows, before, tb = f"{prefix}.{bi}", len(report.rows), set(skip), time.perf_counter()
