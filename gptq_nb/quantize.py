@@ -425,6 +425,35 @@ def fit_batch_size(block, caps:list, device, max_gpu_memory=None, batch_size=Non
     from gptq_nb.stream import plan_batch_size   # the GPU memory budget (notebook 16)
     return plan_batch_size(block, caps[0], device, max_gpu_memory)
 
+def _check_inputs(model, expert_fallback:str):
+    "Refuse weights that are already NaN/Inf, and an unknown `expert_fallback`."
+    for n, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise ValueError(f"{n} contains NaN/Inf: the checkpoint is damaged or overflowed when loaded; reload it "
+                             "in float32/bfloat16.")
+    if expert_fallback not in ("all_tokens", "rtn"):
+        raise ValueError(f"expert_fallback={expert_fallback!r}: use 'all_tokens' or 'rtn'.")
+
+def _new_report(model, config, blocks, batches, n_tok:int, device, coverage:float):
+    "An empty `QuantReport` whose summary names the model, the calibration set and the device."
+    return QuantReport(config, summary=dict(model=getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__,
+                                            blocks=len(blocks), calibration_samples=sum(len(b[0]) for b in batches),
+                                            calibration_tokens=n_tok, device=str(device), coverage=coverage))
+
+def _block0_inputs(model, calibration, mine, blocks, device, max_gpu_memory, config, tokenizer, pad_id, par):
+    "`(batches, caps)`: what enters block 0, re-cut into batches that fit the GPU budget if one batch doesn't."
+    caps = capture_block_inputs(model, mine, device)
+    if par.world == 1 and (bs := fit_batch_size(blocks[0], caps, device, max_gpu_memory, config.batch_size)) is not None:
+        mine, _ = calibration_batches(calibration, bs, tokenizer, pad_id)   # chunks that fit the GPU budget (one process: ranks would each measure their own)
+        caps = capture_block_inputs(model, mine, device)
+    return mine, caps
+
+def _close_report(model, report, config, skip:dict, n_params:int):
+    "Record on the model and the report what was left in full precision (for the loaders) and the coverage reached."
+    model.gptq_config = report.config = with_skips(config, skip)
+    report.summary["kept_full_precision"] = dict(skip)
+    report.summary["coverage"] = sum(r["in_features"] * r["out_features"] for r in report.rows if r["block"] >= 0) / n_params
+
 def quantize(model:nn.Module|str|os.PathLike,  # a Hugging Face causal LM (modified in place), or a checkpoint folder (streamed, notebook 16)
              calibration,                # samples from `get_calibration`, token-id lists, or texts (with `tokenizer`)
              config:QuantizeConfig|None=None,  # bits, group size, act-order, ...; default 4-bit g128
@@ -465,25 +494,15 @@ def quantize(model:nn.Module|str|os.PathLike,  # a Hugging Face causal LM (modif
     par = parallel or SingleProcess()
     mine = par.shard(batches, blocks)   # this process's calibration windows (all of them in one process)
     if par.rank != 0: progress, store_dir = False, None   # one progress bar, one writer
-    for n, p in model.named_parameters():
-        if not torch.isfinite(p).all():
-            raise ValueError(f"{n} contains NaN/Inf: the checkpoint is damaged or overflowed when loaded; reload it "
-                             "in float32/bfloat16.")
-    if expert_fallback not in ("all_tokens", "rtn"):
-        raise ValueError(f"expert_fallback={expert_fallback!r}: use 'all_tokens' or 'rtn'.")
+    _check_inputs(model, expert_fallback)
     skip, coverage, n_params = plan_layers(prefix, blocks, config)
     _check_coverage(coverage, min_coverage, progress)
     qconfig = with_skips(config, skip)
     moe = dict(all_tokens=experts_all_tokens, min_tokens=min_expert_tokens, fallback=expert_fallback)
     if store_dir is not None: Path(store_dir).mkdir(parents=True, exist_ok=True)
     was_training = model.training; model.eval()
-    report = QuantReport(config, summary=dict(model=getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__,
-                                              blocks=len(blocks), calibration_samples=sum(len(b[0]) for b in batches),
-                                              calibration_tokens=n_tok, device=str(device), coverage=coverage))
-    caps = capture_block_inputs(model, mine, device)
-    if par.world == 1 and (bs := fit_batch_size(blocks[0], caps, device, max_gpu_memory, config.batch_size)) is not None:
-        mine, _ = calibration_batches(calibration, bs, tokenizer, pad_id)   # chunks that fit the GPU budget (one process: ranks would each measure their own)
-        caps = capture_block_inputs(model, mine, device)
+    report = _new_report(model, config, blocks, batches, n_tok, device, coverage)
+    mine, caps = _block0_inputs(model, calibration, mine, blocks, device, max_gpu_memory, config, tokenizer, pad_id, par)
     fp_hidden = [c["hidden"] for c in caps] if needs_fp_inputs(config) else None   # the full-precision model's, beside
     base = BlockContext(config=qconfig, report=report, prefix=prefix, callback=callback, store_dir=store_dir, moe=moe, parallel=par)
     for bi in tqdm(range(len(blocks)), desc="GPTQ blocks", disable=not progress):
@@ -491,9 +510,7 @@ def quantize(model:nn.Module|str|os.PathLike,  # a Hugging Face causal LM (modif
         run_block(base, bi, blocks[bi], caps, skip, device, fp_hidden)
         blocks[bi].to(home)
     if config.lm_head: _quantize_lm_head(model, mine, caps, config, report, device, par)
-    model.gptq_config = report.config = with_skips(config, skip)   # what was left in full precision, for the loaders
-    report.summary["kept_full_precision"] = dict(skip)
-    report.summary["coverage"] = sum(r["in_features"] * r["out_features"] for r in report.rows if r["block"] >= 0) / n_params
+    _close_report(model, report, config, skip, n_params)
     model.train(was_training)
     report.summary["seconds"] = time.perf_counter() - t0
     return report
