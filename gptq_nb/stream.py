@@ -16,7 +16,8 @@ from .io import (CheckpointError, checkpoint_files, parse_size, quantized_state_
                  quant_dict, write_model_files, move_into_place, _umask_modes, _write_report)
 from .experts import from_checkpoint_keys
 from .quantize import (QuantReport, MIN_CALIBRATION_TOKENS, calibration_batches, plan_layers, _check_coverage,
-                       with_skips, run_block, BlockContext, _quantize_lm_head, _default_device, _run, _Replay)
+                       with_skips, run_block, BlockContext, _close_report, _quantize_lm_head, _default_device, _run,
+                           _Replay)
 
 # %% auto #0
 __all__ = ['HEADROOM', 'tensor_index', 'read_tensor', 'write_safetensors', 'concat_safetensors', 'empty_weights', 'load_skeleton',
@@ -419,10 +420,8 @@ def quantize_folder(folder, calibration, config:QuantizeConfig|None=None, save_d
     bar.close(); work.wait()
     if config.lm_head: _quantize_lm_head(model, batches, caps, config, report, device)
     del caps
-    final = with_skips(config, skip)
-    model.gptq_config = report.config = final
-    report.summary["kept_full_precision"] = dict(skip)
-    report.summary["coverage"] = sum(r["in_features"] * r["out_features"] for r in report.rows if r["block"] >= 0) / n_params
+    _close_report(model, report, config, skip, n_params)   # as the in-memory loop closes it (05)
+    final = report.config
     report.summary["seconds"] = time.perf_counter() - t0
     write_checkpoint(work, len(blocks), _outside_blocks(model, prefix, blocks, final, stored), model, final, save_dir,
                      folder, stored, tokenizer, report, max_shard_size)
