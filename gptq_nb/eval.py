@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .data import _encode, bos_id, wikitext2_test_text
+from .model import find_blocks, is_linear
 
 # %% auto #0
 __all__ = ['eval_windows', 'perplexity', 'a1_perplexity', 'model_size']
@@ -102,19 +103,6 @@ def _direct_tensors(m):
     yield from m.named_parameters(recurse=False)
     yield from ((n, b) for n, b in m.named_buffers(recurse=False) if b is not None)
 
-def _blocks_name(model):
-    "Name of the largest `nn.ModuleList` (by elements): the decoder blocks of any HF causal LM."
-    best, size = None, 0
-    for name, m in model.named_modules():
-        if isinstance(m, torch.nn.ModuleList) and len(m):
-            n = sum(t.numel() for sub in m.modules() for _, t in _direct_tensors(sub))
-            if n > size: best, size = name, n
-    return best
-
-def _is_linear(m):
-    w = getattr(m, "weight", None)
-    return hasattr(m, "qweight") or (isinstance(w, torch.Tensor) and w.ndim == 2 and not isinstance(m, torch.nn.Embedding))
-
 def _n_weights(m):
     "in × out weights a quantized module stands for."
     K, N = getattr(m, "in_features", None), getattr(m, "out_features", None)
@@ -126,7 +114,8 @@ def model_size(model) -> dict:
     "Bytes of parameters + buffers by component (tied tensors once), total, and bits per weight of quantized linears."
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    blocks = _blocks_name(model)
+    try: blocks = find_blocks(model)[0]   # 04_model's rule, which finds a packed model's blocks too
+    except ValueError: blocks = None
     res = dict(embeddings=0, blocks=0, block_linears=0, lm_head=0, other=0)
     seen, qbytes, qweights, qmods = set(), 0, 0, 0
     def key(t): return id(t) if t.device.type == "meta" else (t.untyped_storage().data_ptr(), t.storage_offset(), t.shape, t.dtype)
@@ -140,7 +129,7 @@ def model_size(model) -> dict:
             k = key(t)
             if k in seen: continue
             seen.add(k); res[comp] += t.nbytes
-            if in_blocks and _is_linear(m): res["block_linears"] += t.nbytes
+            if in_blocks and is_linear(m, packed=True): res["block_linears"] += t.nbytes
         if isinstance(getattr(m, "qweight", None), torch.Tensor):
             qmods += 1; qweights += _n_weights(m)
             qbytes += sum(t.nbytes for tname, t in _direct_tensors(m) if tname != "bias")

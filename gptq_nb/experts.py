@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import torch
 from torch import nn
-from .model import ExpertsSpec, experts_spec, find_experts, linear_weight
+from .model import ExpertsSpec, experts_spec
 
 # %% auto #0
 __all__ = ['DEFAULT_EXPERT_NAMES', 'expert_names', 'MoEExperts', 'unfuse_experts', 'planned_expert_linears',

@@ -7,8 +7,7 @@ from __future__ import annotations
 import os, time
 from dataclasses import dataclass
 import torch
-from .quant import (QuantizedWeight, check_bits_group, grid_params, quantize_codes, dequantize_codes,
-                           rtn_quantize, n_groups, plain_g_idx)
+from .quant import QuantizedWeight, check_bits_group, grid_params, rtn_quantize, n_groups
 
 # %% auto #0
 __all__ = ['BLOCK_KERNEL', 'inverse_cholesky', 'GPTQResult', 'proxy_loss', 'processing_order', 'gptq_reference', 'lazy_blocks',

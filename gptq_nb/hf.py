@@ -4,18 +4,14 @@
 
 # %% ../nbs/13_hf.ipynb #c002
 from __future__ import annotations
-import importlib.util, os, warnings
+import importlib.util, os
 from pathlib import Path
-import torch
-from torch import nn
 from transformers.quantizers import auto as _qauto
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import GPTQConfig as _HFGPTQConfig
 from .quant import SUPPORTED_BITS
-from .model import linear_shape
-from .qlinear import QuantLinear, quantizable_linears, _set_module, _is_conv1d
-from .io import normalize_quant_config, read_quant_config, read_header, check_tensors, CheckpointError, _quant_config_obj
-from .experts import from_checkpoint_keys, unfuse_for_checkpoint   # MoE (notebook 17)
+from .qlinear import QuantLinear
+from .io import normalize_quant_config, read_quant_config, read_header, quantized_skeleton, CheckpointError, _quant_config_obj
 from .generate import install_generate
 
 # %% auto #0
@@ -72,31 +68,13 @@ class GptqNbHfQuantizer(HfQuantizer):
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         qd = self._config_dict(checkpoint_files)
         qc = _quant_config_obj({k: v for k, v in qd.items() if k != "dynamic" or v}, "quantization_config")
-        headers = _headers_of(checkpoint_files)
-        names = from_checkpoint_keys(model, headers)   # MoE: module names; per-expert experts unfused (notebook 17)
-        headers = {names[k]: v for k, v in headers.items()}
-        unfuse_for_checkpoint(model, headers)
-        selected = quantizable_linears(model, qd)
-        if headers:
-            for name, m in model.named_modules():
-                if f"{name}.qweight" in headers and name not in selected and (isinstance(m, nn.Linear) or _is_conv1d(m)):
-                    selected[name] = (m, qc)
-        qls = {}
-        for name, (m, mc) in selected.items():
-            K, N = linear_shape(m)
-            try: ql = QuantLinear(K, N, mc.bits, mc.group_size, m.bias is not None, qc.checkpoint_format, mc.sym,
-                                  self.backend, device="meta")
-            except ValueError as e: raise CheckpointError(f"layer {name!r}: {e}") from None
-            _set_module(model, name, ql); qls[name] = ql
+        # the skeleton from_quantized builds (12_io); its tensor check also stops transformers from logging a missing
+        # tensor as "MISSING" and leaving uninitialised memory in its place
+        _, _, qls, _ = quantized_skeleton(model, qd, qc, _headers_of(checkpoint_files), self.backend, warn_unselected=False)
+        for name in qls:
             parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
             if parent is not model:   # its init (e.g. GPT-2's scaled c_proj.weight, Mamba's out_proj) would touch a weight QuantLinear
                 parent._is_hf_initialized = True   # hasn't; its own parameters come from the checkpoint
-        if qd.get("lm_head") and getattr(model.config, "tie_word_embeddings", False):
-            model.config.tie_word_embeddings = False
-        if headers:   # transformers would log a missing tensor as "MISSING" and leave uninitialised memory in its place
-            tied = (set(getattr(model, "all_tied_weights_keys", None) or {})
-                    if getattr(model.config, "tie_word_embeddings", False) else set())
-            check_tensors(model, headers, qls, tied)
         model.gptq_config = qc
         return model
 

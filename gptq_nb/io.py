@@ -4,23 +4,22 @@
 
 # %% ../nbs/12_io.ipynb #c002
 from __future__ import annotations
-import copy, json, math, os, re, shutil, struct, tempfile, uuid, warnings
+import copy, json, os, re, shutil, struct, tempfile, uuid, warnings
 from pathlib import Path
 import torch
-from torch import nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 from .quant import QuantizeConfig, SUPPORTED_BITS
 from .pack import FORMATS, pack_weight, convert_qzeros
-from .model import linear_shape, check_causal_lm
-from .qlinear import QuantLinear, MergedProjection, quantizable_linears, _set_module, _is_conv1d
+from .model import linear_shape, check_causal_lm, is_linear, quantizable_linears
+from .qlinear import QuantLinear, MergedProjection, _set_module
 from .experts import to_checkpoint_keys, from_checkpoint_keys, unfuse_for_checkpoint   # MoE (notebook 17)
 
 # %% auto #0
 __all__ = ['CONFIG_KEYS', 'CheckpointError', 'normalize_quant_config', 'read_quant_config', 'quantized_state_dict', 'parse_size',
            'shard_state_dict', 'quant_dict', 'write_model_files', 'move_into_place', 'checkpoint_dtype',
            'save_quantized', 'read_header', 'checkpoint_files', 'vllm_reasons', 'vllm_compatible', 'model_class',
-           'check_tensors', 'from_quantized', 'verify_checkpoint', 'push_to_hub']
+           'check_tensors', 'quantized_skeleton', 'from_quantized', 'verify_checkpoint', 'push_to_hub']
 
 # %% ../nbs/12_io.ipynb #c002b
 from .generate import install_generate, standard_layout   # the generate set-up of 15_generate (issue 11)
@@ -365,10 +364,33 @@ def check_tensors(model, headers:dict, quantized:dict, tied=()):
             _check(k, None, None, v.shape, None, "the model's config expects it")
         _check(k, headers[k][0], headers[k][1], v.shape, v.is_floating_point(), "the model's config")
 
+def quantized_skeleton(model, qd:dict, qc:QuantizeConfig, headers:dict, backend:str="auto", warn_unselected:bool=True):
+    "Make `model` the skeleton of a checkpoint with config `qd`/`qc` and tensor `headers`: the layers it quantizes become empty `QuantLinear`s, every tensor is checked; returns `(names, headers, layers, tied)`."
+    names = from_checkpoint_keys(model, headers)   # MoE: checkpoint name -> module name; per-expert experts unfused (17)
+    headers = {names[k]: v for k, v in headers.items()}
+    unfuse_for_checkpoint(model, headers)
+    selected = quantizable_linears(model, qd)
+    for name, m in model.named_modules():   # quantized in the file but not selected by the config
+        if f"{name}.qweight" in headers and name not in selected and is_linear(m):
+            if warn_unselected: warnings.warn(f"{name} is quantized in the checkpoint but not selected by its config: loading it with the base config.")
+            selected[name] = (m, qc)
+    qls = {}
+    for name, (m, mc) in selected.items():
+        K, N = linear_shape(m)
+        try: ql = QuantLinear(K, N, mc.bits, mc.group_size, m.bias is not None, qc.checkpoint_format, mc.sym, backend, device="meta")
+        except ValueError as e: raise CheckpointError(f"layer {name!r}: {e}") from None
+        _set_module(model, name, ql); qls[name] = ql
+    if qd.get("lm_head") and getattr(model.config, "tie_word_embeddings", False):
+        model.config.tie_word_embeddings = False   # a quantized head has its own tensors
+    tied = (set(getattr(model, "all_tied_weights_keys", None) or {})
+            if getattr(model.config, "tie_word_embeddings", False) else set())
+    if headers: check_tensors(model, headers, qls, tied)   # no headers (transformers gave no files): nothing to check
+    return names, headers, qls, tied
+
 def _checked_skeleton(ckpt, dtype=torch.float16, backend:str="auto", model_cls=None):
     "The checkpoint's model on the meta device with empty `QuantLinear`s, every tensor checked against the headers."
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
     qd = read_quant_config(ckpt)
     qc = _quant_config_obj({k: v for k, v in qd.items() if k != "dynamic" or v}, f"{ckpt}/quantize_config.json")
     files = checkpoint_files(ckpt)
@@ -379,22 +401,7 @@ def _checked_skeleton(ckpt, dtype=torch.float16, backend:str="auto", model_cls=N
     if qd.get("lm_head") and getattr(cfg, "tie_word_embeddings", False): cfg.tie_word_embeddings = False
     with init_empty_weights():
         model = _from_config(model_cls or model_class(cfg), cfg, dtype)   # multimodal models too (issue 14)
-    names = from_checkpoint_keys(model, headers)   # MoE: checkpoint name -> module name; per-expert experts unfused (17)
-    headers = {names[k]: v for k, v in headers.items()}
-    unfuse_for_checkpoint(model, headers)
-    selected = quantizable_linears(model, qd)
-    for name, m in model.named_modules():   # quantized in the file but not selected by the config
-        if f"{name}.qweight" in headers and name not in selected and (isinstance(m, nn.Linear) or _is_conv1d(m)):
-            warnings.warn(f"{name} is quantized in the checkpoint but not selected by its config: loading it with the base config.")
-            selected[name] = (m, qc)
-    qls = {}
-    for name, (m, mc) in selected.items():
-        K, N = linear_shape(m)
-        try: ql = QuantLinear(K, N, mc.bits, mc.group_size, m.bias is not None, qc.checkpoint_format, mc.sym, backend, device="meta")
-        except ValueError as e: raise CheckpointError(f"layer {name!r}: {e}") from None
-        _set_module(model, name, ql); qls[name] = ql
-    tied = set(getattr(model, "all_tied_weights_keys", None) or {}) if getattr(cfg, "tie_word_embeddings", False) else set()
-    check_tensors(model, headers, qls, tied)
+    names, headers, _, tied = quantized_skeleton(model, qd, qc, headers, backend)
     return model, qd, qc, files, names, headers, tied
 
 def from_quantized(path_or_repo, device="cpu", dtype=torch.float16, backend:str="auto", model_cls=None,

@@ -4,20 +4,23 @@
 
 # %% ../nbs/04_model.ipynb #c002
 from __future__ import annotations
+import itertools
+from contextlib import contextmanager
 from dataclasses import dataclass
 import torch, torch.nn as nn
 from transformers.pytorch_utils import Conv1D
+from .quant import QuantizeConfig
 
 # %% auto #0
 __all__ = ['TINY_ARCHS', 'MOE_ARCHS', 'EXPERT_PARAMS', 'is_linear', 'linear_weight', 'set_linear_weight', 'linear_shape',
-           'tiny_causal_lm', 'tiny_moe_lm', 'find_blocks', 'find_linears', 'ExpertsSpec', 'experts_spec',
-           'find_experts', 'expert_of', 'find_routers', 'unpackable', 'check_causal_lm', 'StopForward', 'to_device',
-           'capture_block_inputs', 'probe_block', 'find_stages']
+           'tiny_causal_lm', 'tiny_moe_lm', 'find_blocks', 'find_linears', 'quantizable_linears', 'ExpertsSpec',
+           'experts_spec', 'find_experts', 'expert_of', 'find_routers', 'unpackable', 'check_causal_lm', 'StopForward',
+           'stop_before', 'to_device', 'capture_block_inputs', 'probe_block', 'find_stages']
 
 # %% ../nbs/04_model.ipynb #c005
-def is_linear(m:nn.Module):
-    "A layer GPTQ can quantize: `nn.Linear` or transformers' `Conv1D`."
-    return isinstance(m, (nn.Linear, Conv1D))
+def is_linear(m:nn.Module, packed:bool=False):
+    "A layer GPTQ can quantize: `nn.Linear` or transformers' `Conv1D`; with `packed`, also one already packed (it holds a `qweight`)."
+    return isinstance(m, (nn.Linear, Conv1D)) or (packed and hasattr(m, "qweight"))
 
 def linear_weight(m:nn.Module):
     "The weight as `[out_features, in_features]`."
@@ -86,14 +89,15 @@ def tiny_moe_lm(arch:str="mixtral", seed:int=0, layers:int=2, vocab:int=256, hid
     return tf.AutoModelForCausalLM.from_config(cfg).float().eval()
 
 # %% ../nbs/04_model.ipynb #c009
-def find_blocks(model:nn.Module):
-    "`(name, ModuleList)` of the decoder blocks: the largest `ModuleList` of same-class modules holding linears."
+def find_blocks(model:nn.Module, block_name:str|None=None):
+    "`(name, ModuleList)` of the decoder blocks: `block_name` if given, else the largest `ModuleList` of same-class modules holding linears (float or packed)."
+    if block_name: return block_name, model.get_submodule(block_name)
     best = None
     for name, m in model.named_modules():
         if not isinstance(m, nn.ModuleList) or len(m) == 0: continue
         if len({type(b) for b in m}) != 1: continue
-        if not any(is_linear(x) or hasattr(x, "qweight") for x in m[0].modules()): continue   # packed blocks too
-        size = sum(p.numel() for p in m.parameters())
+        if not any(is_linear(x, packed=True) for x in m[0].modules()): continue   # packed blocks too
+        size = sum(t.numel() for t in itertools.chain(m.parameters(), m.buffers()))   # a packed layer's weight is buffers
         if best is None or size > best[2]: best = (name, m, size)
     if best is None:
         raise ValueError(f"{type(model).__name__} has no decoder-block list (an nn.ModuleList of identical blocks that "
@@ -105,6 +109,33 @@ def find_blocks(model:nn.Module):
 def find_linears(block:nn.Module):
     "Name -> module of every quantizable linear inside `block`, in definition order."
     return {n: m for n, m in block.named_modules() if is_linear(m)}
+
+# %% ../nbs/04_model.ipynb #c011l
+def _qdict(config):
+    if isinstance(config, QuantizeConfig): return config.to_dict()
+    return config if isinstance(config, dict) else config.to_dict()
+
+def quantizable_linears(model, config):
+    "`{name: (module, QuantizeConfig)}` of the layers `config` quantizes (a QuantizeConfig or a checkpoint dict)."
+    d = _qdict(config); qc = QuantizeConfig.from_dict(d) if not isinstance(config, QuantizeConfig) else config
+    bname = d.get("block_name_to_quantize")
+    if isinstance(bname, (list, tuple)): bname = bname[0] if bname else None
+    prefix, blocks = find_blocks(model, bname)
+    inside = d.get("modules_in_block_to_quantize")
+    inside = {n for grp in inside for n in (grp if isinstance(grp, (list, tuple)) else [grp])} if inside else None
+    out = {}
+    for name, m in model.named_modules():
+        if not is_linear(m): continue
+        in_blocks = name.startswith(prefix + ".")
+        is_head = m is model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else name == "lm_head"
+        if is_head and not d.get("lm_head", False): continue
+        if not (in_blocks or is_head): continue
+        if in_blocks and inside is not None:
+            rel = name[len(prefix) + 1:].split(".", 1)[-1]   # drop the block index
+            if rel not in inside: continue
+        mc = qc.for_module(name)
+        if mc is not None: out[name] = (m, mc)
+    return out
 
 # %% ../nbs/04_model.ipynb #c011b
 EXPERT_PARAMS = ("gate_up_proj", "up_proj", "down_proj")   # transformers' experts interface
@@ -192,6 +223,16 @@ def check_causal_lm(model:nn.Module):
 # %% ../nbs/04_model.ipynb #c013
 class StopForward(Exception):
     "Raised inside a forward to stop it once what we need has been seen."
+
+def _raise_stop(module, args): raise StopForward()
+
+@contextmanager
+def stop_before(module:nn.Module|None):
+    "Inside the `with`, a forward that reaches `module` stops there with `StopForward` (catch it around each call); `None`: no stop."
+    h = None if module is None else module.register_forward_pre_hook(_raise_stop)
+    try: yield
+    finally:
+        if h is not None: h.remove()
 
 def to_device(obj, device):
     "Move the tensors inside nested tuples/lists/dicts to `device`."

@@ -4,7 +4,6 @@
 
 # %% ../nbs/10_pack.ipynb #c002
 from __future__ import annotations
-import math
 import torch
 from .quant import QuantizedWeight, SUPPORTED_BITS, n_groups, plain_g_idx
 

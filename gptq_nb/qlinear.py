@@ -4,81 +4,29 @@
 
 # %% ../nbs/11_qlinear.ipynb #c002
 from __future__ import annotations
-import inspect, re
 import torch
 from torch import nn
-from .quant import QuantizedWeight, QuantizeConfig, n_groups, rtn_quantize
+from .quant import QuantizedWeight, QuantizeConfig, n_groups
 from .model import linear_shape
-from .pack import block_shape, check_packable, pack_weight, unpack_rows, unpack_zeros, unpack_weight, FORMATS
+from .pack import check_packable, pack_weight, unpack_rows, unpack_zeros, unpack_weight, FORMATS
 
 # %% auto #0
-__all__ = ['AUTO_ORDER', 'MERGE_GROUPS', 'register_backend', 'unregister_backend', 'available_backends', 'resolve_backend',
-           'dequantize_weight', 'torch_forward', 'QuantLinear', 'find_block_list', 'quantizable_linears',
-           'rtn_quantize_model', 'pack_model', 'set_backend', 'merge_qlinears', 'MergedProjection', 'ProjectionPart',
-           'merge_projections', 'unmerge_projections']
+__all__ = ['MERGE_GROUPS', 'dequantize_weight', 'torch_forward', 'QuantLinear', 'pack_model', 'set_backend', 'merge_qlinears',
+           'MergedProjection', 'ProjectionPart', 'merge_projections', 'unmerge_projections', 'AUTO_ORDER',
+           'register_backend', 'unregister_backend', 'available_backends', 'resolve_backend']
 
 # %% ../nbs/11_qlinear.ipynb #c005
-_BACKENDS = {}            # name -> (forward_fn, is_available_fn, differentiable)
-AUTO_ORDER = ["triton"]   # preferred backends for "auto", best first; "torch" is the final fallback
-
-def _as_module_x(fn):
-    "`fn` as a `(module, x) -> bool` test, whether it takes (module, x), (device) or nothing (read once, not per call)."
-    if fn is None: return lambda module, x: True
-    try: n = len([p for p in inspect.signature(fn).parameters.values() if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)])
-    except (TypeError, ValueError): n = 2
-    if n >= 2: return fn
-    return (lambda module, x: fn(x.device)) if n == 1 else (lambda module, x: fn())
-
-def register_backend(name:str, forward_fn, is_available_fn=None, differentiable:bool=False):
-    "Register `forward_fn(module, x) -> y` as backend `name`; `is_available_fn(module, x)` or `(device)` -> bool."
-    _BACKENDS[name] = (forward_fn, _as_module_x(is_available_fn), differentiable)
-
-def unregister_backend(name:str):
-    "Remove backend `name` (no error if absent); 'torch' stays."
-    if name != "torch": _BACKENDS.pop(name, None)
-
-def available_backends():
-    "Names of the registered backends."
-    return list(_BACKENDS)
-
-def _is_available(fn, module, x): return bool(fn(module, x))
-
-_TRIED_KERNELS = []
-def _load_kernels():
-    "Import the Triton kernels once (they register the 'triton' backend); quietly skip when triton is missing."
-    _TRIED_KERNELS.append(True)
-    try: import gptq_nb.kernels.gemm  # noqa: F401  (registers itself)
-    except Exception: pass
-
-def resolve_backend(module, x):
-    "The backend name `module` will use for input `x`."
-    name = module.backend
-    if x.is_cuda and "triton" not in _BACKENDS and not _TRIED_KERNELS:
-        _load_kernels()
-    if name == "auto":
-        needs_grad = x.requires_grad and torch.is_grad_enabled()
-        for cand in AUTO_ORDER:
-            if cand in _BACKENDS and (_BACKENDS[cand][2] or not needs_grad) and _is_available(_BACKENDS[cand][1], module, x):
-                return cand
-        return "torch"
-    if name not in _BACKENDS:
-        raise ValueError(f"backend {name!r} is not registered: use 'auto' or one of {available_backends()} "
-                         "(the Triton backend registers itself when gptq_nb.kernels imports with triton installed).")
-    if x.requires_grad and torch.is_grad_enabled() and not _BACKENDS[name][2]:
-        raise RuntimeError(f"backend {name!r} has no backward, but the input needs a gradient (training): use "
-                           "backend='auto', which picks a differentiable backend when one is needed, or 'torch'.")
-    if not _is_available(_BACKENDS[name][1], module, x):
-        raise RuntimeError(f"backend {name!r} can't run this layer ({module.bits}-bit, input on {x.device}, {x.dtype}): "
-                           "use backend='auto' to fall back to 'torch'.")
-    return name
+from .backends import (_BACKENDS, AUTO_ORDER, register_backend, unregister_backend, available_backends,
+                              resolve_backend)
+_all_ = ["AUTO_ORDER", "register_backend", "unregister_backend", "available_backends", "resolve_backend"]   # re-exported: older code imports them from here
 
 # %% ../nbs/11_qlinear.ipynb #c007
 def dequantize_weight(m, dtype=torch.float32):
-    "The `[K, N]` weight a `QuantLinear` stands for, as `dtype`."
-    q = unpack_rows(m.qweight, m.bits)                            # [K, N]
-    z = unpack_zeros(m.qzeros, m.bits, m.checkpoint_format)       # [G, N]
-    gi = m.g_idx.long()
-    return (m.scales.float()[gi] * (q - z[gi]).float()).to(dtype)
+    "The `[K, N]` weight a `QuantLinear` stands for, as `dtype`: `QuantizedWeight.dequantize` of its unpacked tensors, on their device."
+    codes = unpack_rows(m.qweight, m.bits).T                      # [N, K]
+    zeros = unpack_zeros(m.qzeros, m.bits, m.checkpoint_format)   # [G, N]
+    qw = QuantizedWeight(codes, m.scales.float(), zeros.float(), m.g_idx, m.bits, getattr(m, "group_size", -1))  # (group_size is not read)
+    return qw.dequantize(dtype).T
 
 def torch_forward(m, x):
     "Reference backend: dequantize, then an ordinary matmul in `x.dtype` (differentiable in `x`)."
@@ -89,8 +37,6 @@ def torch_forward(m, x):
 register_backend("torch", torch_forward, lambda module, x: True, differentiable=True)
 
 # %% ../nbs/11_qlinear.ipynb #c009
-def _is_conv1d(m): return type(m).__name__ == "Conv1D" and hasattr(m, "nf")
-
 class QuantLinear(nn.Module):
     "A GPTQ-packed linear layer: `y = x @ W + b` with `W` stored as `qweight/qzeros/scales/g_idx`."
     def __init__(self, in_features:int, out_features:int, bits:int=4, group_size:int=128, bias:bool=False,
@@ -153,55 +99,10 @@ class QuantLinear(nn.Module):
                 f"group_size={self.group_size}, sym={self.sym}, format={self.checkpoint_format}, "
                 f"backend={self.backend}, bias={self.bias is not None}")
 
-# %% ../nbs/11_qlinear.ipynb #c021
-def find_block_list(model, block_name:str|None=None):
-    "`(name, ModuleList)` of the decoder blocks: `block_name` if given, else what `quantize` found (`find_blocks`)."
-    if block_name: return block_name, model.get_submodule(block_name)
-    from gptq_nb.model import find_blocks   # the same rule quantize() used (notebook 04)
-    return find_blocks(model)
-
-def _qdict(config):
-    if isinstance(config, QuantizeConfig): return config.to_dict()
-    return config if isinstance(config, dict) else config.to_dict()
-
-def quantizable_linears(model, config):
-    "`{name: (module, QuantizeConfig)}` of the layers `config` quantizes (a QuantizeConfig or a checkpoint dict)."
-    d = _qdict(config); qc = QuantizeConfig.from_dict(d) if not isinstance(config, QuantizeConfig) else config
-    bname = d.get("block_name_to_quantize")
-    if isinstance(bname, (list, tuple)): bname = bname[0] if bname else None
-    prefix, blocks = find_block_list(model, bname)
-    inside = d.get("modules_in_block_to_quantize")
-    inside = {n for grp in inside for n in (grp if isinstance(grp, (list, tuple)) else [grp])} if inside else None
-    out = {}
-    for name, m in model.named_modules():
-        if not (isinstance(m, nn.Linear) or _is_conv1d(m)): continue
-        in_blocks = name.startswith(prefix + ".")
-        is_head = m is model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else name == "lm_head"
-        if is_head and not d.get("lm_head", False): continue
-        if not (in_blocks or is_head): continue
-        if in_blocks and inside is not None:
-            rel = name[len(prefix) + 1:].split(".", 1)[-1]   # drop the block index
-            if rel not in inside: continue
-        mc = qc.for_module(name)
-        if mc is not None: out[name] = (m, mc)
-    return out
-
+# %% ../nbs/11_qlinear.ipynb #c022
 def _set_module(model, name, new):
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
-
-# %% ../nbs/11_qlinear.ipynb #c022
-def rtn_quantize_model(model, config:QuantizeConfig):
-    "RTN-quantize every layer `config` selects, in place, leaving what `quantize` leaves: the dequantized weight and `gptq_result`."
-    for name, (m, mc) in quantizable_linears(model, config).items():
-        conv = _is_conv1d(m)
-        W = m.weight.data.T if conv else m.weight.data
-        qw = rtn_quantize(W, mc.bits, mc.group_size, mc.sym, mc.mse, mc.zero_min)
-        deq = qw.dequantize(m.weight.dtype)
-        m.weight.data.copy_(deq.T if conv else deq)
-        m.gptq_result = qw
-    model.gptq_config = config
-    return model
 
 def pack_model(model, config:QuantizeConfig|None=None, backend:str="auto"):
     "Swap every layer carrying `gptq_result` for a `QuantLinear` (in place); returns the model."

@@ -5,7 +5,7 @@
 # %% ../nbs/00_quant.ipynb #c002
 from __future__ import annotations
 import math, re
-from dataclasses import dataclass, field, asdict, fields
+from dataclasses import dataclass, fields
 import torch
 
 # %% auto #0

@@ -4,24 +4,25 @@
 
 # %% ../nbs/05_quantize.ipynb #c002
 from __future__ import annotations
-import json, math, os, time, warnings
+import json, os, time, warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 import torch, torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .quant import QuantizeConfig, QuantizedWeight
+from .quant import QuantizeConfig, QuantizedWeight, rtn_quantize
 from .hessian import Hessian, HessianHooks
-from .gptq import gptq_quantize_many
 from .gptaq import needs_fp_inputs, fp_block_inputs, observe_fp
 from .qronos import solve_method
-from .model import (find_blocks, find_linears, find_stages, capture_block_inputs, linear_weight,
-                           set_linear_weight, linear_shape, StopForward, to_device)
-from .model import probe_block, find_experts, find_routers, expert_of, unpackable, check_causal_lm
+from .model import (find_blocks, find_linears, capture_block_inputs, linear_weight, set_linear_weight, linear_shape,
+                           StopForward, stop_before)
+from .model import probe_block, find_experts, find_routers, expert_of, unpackable, check_causal_lm, quantizable_linears
 from .experts import MoEExperts, unfuse_experts, planned_expert_linears
 
 # %% auto #0
-__all__ = ['MIN_CALIBRATION_TOKENS', 'QuantReport', 'layer_record', 'calibration_batches', 'SingleProcess', 'quantize_block',
-           'plan_layers', 'with_skips', 'expert_table', 'run_block', 'fit_batch_size', 'quantize']
+__all__ = ['MIN_CALIBRATION_TOKENS', 'QuantReport', 'layer_record', 'calibration_batches', 'BlockContext', 'SingleProcess',
+           'quantize_block', 'plan_layers', 'with_skips', 'expert_table', 'run_block', 'fit_batch_size', 'quantize',
+           'rtn_quantize_model']
 
 # %% ../nbs/05_quantize.ipynb #c005
 class QuantReport:
@@ -123,12 +124,30 @@ def calibration_batches(calibration, batch_size:int|None=None, tokenizer=None, p
         out.append((ids, mask))
     return out, n_tok
 
+# %% ../nbs/05_quantize.ipynb #c011y
+@dataclass
+class BlockContext:
+    "What `quantize`'s steps share for one block: the run's settings and report, and what `_prepare_block` finds in the block."
+    config: QuantizeConfig                 # with the run's skips (`with_skips`)
+    report: QuantReport
+    prefix: str = ""                       # the block list's name, e.g. "model.layers"
+    callback: object = None                # callback(row, report) after each layer
+    store_dir: object = None               # where each layer's W and H are saved (None: not saved)
+    moe: dict = field(default_factory=dict)   # all_tokens, min_tokens, fallback
+    parallel: object = None                # SingleProcess or distributed.Ranks (None: this process)
+    block: nn.Module|None = None           # the block being quantized, and what _prepare_block finds in it:
+    linears: dict = field(default_factory=dict)   # name in block -> module
+    experts: dict = field(default_factory=dict)   # container -> ExpertsSpec
+    routed: set = field(default_factory=set)      # linears that see a subset of the tokens
+    fp: dict|None = None                   # full-precision inputs and statistics (nbs 31, 32)
+    batch: tuple|None = None               # (mask, index) of the calibration batch being run
+
 # %% ../nbs/05_quantize.ipynb #c012
 def _finish_linear(ctx, full:str, bi:int, module:str, stage:int, mod, W, H:Hessian, res, lcfg, extra:dict|None=None):
     "Write a solved linear's weight, `gptq_result` and report row (and its W, H to `store_dir`)."
-    if ctx["store_dir"] is not None:
+    if ctx.store_dir is not None:
         from safetensors.torch import save_file
-        save_file({"W": W.contiguous().cpu(), "H": H.H.contiguous().cpu()}, str(Path(ctx["store_dir"]) / f"{full}.safetensors"))
+        save_file({"W": W.contiguous().cpu(), "H": H.H.contiguous().cpu()}, str(Path(ctx.store_dir) / f"{full}.safetensors"))
     set_linear_weight(mod, res.qw.dequantize())
     qw = res.qw
     mod.gptq_result = QuantizedWeight(qw.codes.cpu(), qw.scales.cpu(), qw.zeros.cpu(), qw.g_idx.cpu(), qw.bits,
@@ -136,8 +155,8 @@ def _finish_linear(ctx, full:str, bi:int, module:str, stage:int, mod, W, H:Hessi
     row, tensors = layer_record(full, bi, module, stage, W, H.H, H.n, res, lcfg)
     if res.info: row.update(res.info)   # the method, its objective and plain GPTQ's (nbs 30-32)
     if extra: row.update(extra)   # experts: expert index, routed tokens, fallback
-    ctx["report"].rows.append(row); ctx["report"].layers[full] = tensors
-    if ctx["callback"] is not None: ctx["callback"](row, ctx["report"])
+    ctx.report.rows.append(row); ctx.report.layers[full] = tensors
+    if ctx.callback is not None: ctx.callback(row, ctx.report)
 
 class SingleProcess:
     "`quantize`'s default `parallel`: this process does everything. `gptq_nb.distributed.Ranks` overrides the three hooks."
@@ -150,15 +169,15 @@ def _solve_linears(ctx, bi:int, stage:int, items:list, H:Hessian, extra:dict|Non
     "Solve linears `[(full name, name in block, module)]` that read one input (Hessian `H`); those with the same config in one solve. `extra`: fields for their report rows (experts)."
     groups = {}
     for full, module, mod in items:
-        lcfg = ctx["config"].for_module(full)
+        lcfg = ctx.config.for_module(full)
         if lcfg is not None: groups.setdefault(repr(sorted(lcfg.core_dict().items())), []).append((full, lcfg))
-    par = ctx.get("parallel") or SingleProcess()
+    par = ctx.parallel or SingleProcess()
     H, done, jobs = par.hessian(H), {}, []
     mods = {full: mod for full, _, mod in items}
     for group in groups.values():
         names = [full for full, _ in group]
         jobs.append((names, [linear_weight(mods[n]).detach().to(torch.float32, copy=True) for n in names], group[0][1]))  # copies: weights are overwritten
-    stats = (ctx.get("fp") or {}).get("stats", {}).get(items[0][1])   # full-precision statistics of this input (nbs 31, 32)
+    stats = (ctx.fp or {}).get("stats", {}).get(items[0][1])   # full-precision statistics of this input (nbs 31, 32)
     solve = lambda names, Ws, lcfg: solve_method(Ws, H.H, lcfg, names, stats)
     for (names, Ws, lcfg), res in zip(jobs, par.solve(jobs, solve)):
         done.update({n: (W, r, lcfg) for n, W, r in zip(names, Ws, res)})
@@ -171,7 +190,7 @@ def _solve_linear(ctx, full:str, bi:int, module:str, stage:int, mod, H:Hessian, 
     _solve_linears(ctx, bi, stage, [(full, module, mod)], H, extra)
 
 def _solve_stage(ctx, bi:int, stage_idx:int, names:list, H:Hessian):
-    _solve_linears(ctx, bi, stage_idx, [(f"{ctx['prefix']}.{bi}.{n}", n, ctx["linears"][n]) for n in names], H)
+    _solve_linears(ctx, bi, stage_idx, [(f"{ctx.prefix}.{bi}.{n}", n, ctx.linears[n]) for n in names], H)
 
 
 # %% ../nbs/05_quantize.ipynb #c014
@@ -182,16 +201,16 @@ def _run(block, hidden, args, kwargs):
 @torch.no_grad()
 def quantize_block(ctx, bi:int, batches:list, stages:list, groups:list|None=None):
     "Quantize block `bi` in place; returns its output hidden states per batch."
-    block, cfg, linears = ctx["block"], ctx["config"], ctx["linears"]
-    routed = ctx.get("routed", set())
+    block, cfg, linears = ctx.block, ctx.config, ctx.linears
+    routed = ctx.routed
     solve = lambda si, names, H: (_solve_expert_stage if names[0] in routed else _solve_stage)(ctx, bi, si, names, H)
     if len(batches) == 1 and cfg.true_sequential:
         b = batches[0]; handles = []
         def trigger(si, names):
             def hook(mod, a):
                 mask = None if names[0] in routed else b["mask"]
-                H = Hessian(a[0].shape[-1], a[0].device, f"{ctx['prefix']}.{bi}.{names[0]}").add(a[0], mask)
-                observe_fp(ctx.get("fp"), names[0], a[0], mask, 0)
+                H = Hessian(a[0].shape[-1], a[0].device, f"{ctx.prefix}.{bi}.{names[0]}").add(a[0], mask)
+                observe_fp(ctx.fp, names[0], a[0], mask, 0)
                 solve(si, names, H)
             return hook
         for si, names in enumerate(stages): handles.append(linears[names[0]].register_forward_pre_hook(trigger(si, names)))
@@ -205,18 +224,15 @@ def quantize_block(ctx, bi:int, batches:list, stages:list, groups:list|None=None
         names = [n for si in g for n in stages[si]]
         dense, rout = [n for n in names if n not in routed], [n for n in names if n in routed]
         dev = batches[0]["hidden"].device   # Hessians where the activations are (not the default CPU)
-        fp_hook = lambda n, x: observe_fp(ctx.get("fp"), n, x, *ctx["batch"])
-        with HessianHooks({n: linears[n] for n in dense}, dev, on_input=fp_hook) as hh, HessianHooks({n: linears[n] for n in rout}, dev) as hr:
-            stop = None if rout else linears[names[-1]].register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(StopForward()))
+        fp_hook = lambda n, x: observe_fp(ctx.fp, n, x, *ctx.batch)
+        with (HessianHooks({n: linears[n] for n in dense}, dev, on_input=fp_hook) as hh, HessianHooks({n: linears[n] for n in rout}, dev) as hr,
+              stop_before(None if rout else linears[names[-1]])):
             _reset_tokens(ctx)
-            try:
-                for j, b in enumerate(batches):
-                    hh.new_batch(b["mask"]); hr.new_batch(None); ctx["batch"] = (b["mask"], j)
-                    _experts_calibrating(ctx, b, j)
-                    try: _run(block, b["hidden"], *b["block_args"][bi])
-                    except StopForward: pass
-            finally:
-                if stop is not None: stop.remove()
+            for j, b in enumerate(batches):
+                hh.new_batch(b["mask"]); hr.new_batch(None); ctx.batch = (b["mask"], j)
+                _experts_calibrating(ctx, b, j)
+                try: _run(block, b["hidden"], *b["block_args"][bi])
+                except StopForward: pass
         for si in g:
             todo = stages[si]; H = {**hh.hessians, **hr.hessians}.get(todo[0])
             if H is not None or todo[0] in routed: solve(si, todo, H)
@@ -224,12 +240,12 @@ def quantize_block(ctx, bi:int, batches:list, stages:list, groups:list|None=None
     return [_run(block, b["hidden"], *b["block_args"][bi]) for b in batches]
 
 def _fp_block_pass(ctx, bi:int, stages:list, caps:list, fp_hidden:list|None):
-    "For methods that solve against the full-precision model (nbs 31, 32): run block `bi`, still full precision, on `fp_hidden` (advanced in place to its outputs); `ctx['fp']` gets its stage inputs."
+    "For methods that solve against the full-precision model (nbs 31, 32): run block `bi`, still full precision, on `fp_hidden` (advanced in place to its outputs); `ctx.fp` gets its stage inputs."
     if fp_hidden is None: return
-    heads = [s[0] for s in stages if s[0] not in ctx["routed"]]
-    ins, outs = fp_block_inputs(ctx["block"], ctx["linears"], heads, fp_hidden, [c["block_args"][bi] for c in caps])
+    heads = [s[0] for s in stages if s[0] not in ctx.routed]
+    ins, outs = fp_block_inputs(ctx.block, ctx.linears, heads, fp_hidden, [c["block_args"][bi] for c in caps])
     fp_hidden[:] = outs
-    ctx["fp"] = dict(inputs=ins, stats={})
+    ctx.fp = dict(inputs=ins, stats={})
 
 # %% ../nbs/05_quantize.ipynb #c014b
 def plan_layers(prefix:str, blocks, config:QuantizeConfig):
@@ -276,15 +292,15 @@ def with_skips(config:QuantizeConfig, skip:dict):
 # %% ../nbs/05_quantize.ipynb #c014d
 def _prepare_block(ctx, bi:int, cap):
     "Unfuse block `bi`'s experts if any will be quantized, probe it; fills `ctx` and returns `(stages, groups)`."
-    block, cfg, pre = ctx["block"], ctx["config"], f"{ctx['prefix']}.{bi}"
+    block, cfg, pre = ctx.block, ctx.config, f"{ctx.prefix}.{bi}"
     todo = {n.rsplit(".", 2)[0] for n in planned_expert_linears(block) if cfg.for_module(f"{pre}.{n}") is not None}
     unfuse_experts(block, only=todo)   # names are `{container}.{expert}.{linear}`
-    ctx["linears"] = linears = find_linears(block)
-    ctx["experts"] = experts = find_experts(block)
+    ctx.linears = linears = find_linears(block)
+    ctx.experts = experts = find_experts(block)
     stages, rows, n_tok = _probe_stages(block, cap, bi)
-    ctx["routed"] = {n for n in linears if expert_of(n, experts) is not None or rows.get(n, n_tok) != n_tok}
-    legacy = [n for n in ctx["routed"] if not isinstance(block.get_submodule(n.rpartition(".")[0].rpartition(".")[0] or n), MoEExperts)]
-    if legacy and ctx["moe"]["all_tokens"] and bi == 0:
+    ctx.routed = {n for n in linears if expert_of(n, experts) is not None or rows.get(n, n_tok) != n_tok}
+    legacy = [n for n in ctx.routed if not isinstance(block.get_submodule(n.rpartition(".")[0].rpartition(".")[0] or n), MoEExperts)]
+    if legacy and ctx.moe["all_tokens"] and bi == 0:
         warnings.warn(f"experts_all_tokens applies to fused experts only; {legacy[0]} and the other per-expert linears of "
                       "this model are calibrated on their routed tokens.")
     if legacy and bi == 0 and not bool(cap["mask"].bool().all()):
@@ -320,7 +336,7 @@ def _arrange(stages:list, linears:dict, experts:dict, true_sequential:bool=True)
         groups[where[key]].append(si)
     return stages, groups
 
-def _experts_of_block(ctx): return [m for m in ctx["block"].modules() if isinstance(m, MoEExperts)]
+def _experts_of_block(ctx): return [m for m in ctx.block.modules() if isinstance(m, MoEExperts)]
 
 def _experts_calibrating(ctx, b, j:int, tokens:bool=True):
     "Set the experts modules' calibration state for batch `j` (`tokens=False`: switch it off)."
@@ -328,9 +344,9 @@ def _experts_calibrating(ctx, b, j:int, tokens:bool=True):
         if not tokens: ex.token_mask, ex.all_tokens, ex.kept = None, False, None; continue
         m = b["mask"].reshape(-1).bool()
         ex.token_mask = None if bool(m.all()) else m
-        ex.all_tokens = ctx["moe"]["all_tokens"]
+        ex.all_tokens = ctx.moe["all_tokens"]
         if ex.tokens is None: ex.tokens = torch.zeros(ex.num_experts, dtype=torch.long)
-        if ctx["moe"]["fallback"] == "all_tokens":
+        if ctx.moe["fallback"] == "all_tokens":
             if not isinstance(ex.kept, dict): ex.kept = {}
             ex._batch = j
 
@@ -339,35 +355,35 @@ def _reset_tokens(ctx):
 
 def _fallback_hessian(ctx, bi:int, name:str):
     "`(Hessian, label)` for a starved expert linear: every calibration token through it, or identity (RTN)."
-    c, e = expert_of(name, ctx["experts"]); ex = ctx["block"].get_submodule(c); mod = ctx["linears"][name]
+    c, e = expert_of(name, ctx.experts); ex = ctx.block.get_submodule(c); mod = ctx.linears[name]
     K = linear_shape(mod)[0]; dev = linear_weight(mod).device
     kept = list(ex.kept.values()) if isinstance(ex, MoEExperts) and isinstance(ex.kept, dict) else []
-    if ctx["moe"]["fallback"] == "all_tokens" and kept:
-        H = Hessian(K, dev, f"{ctx['prefix']}.{bi}.{name}")
+    if ctx.moe["fallback"] == "all_tokens" and kept:
+        H = Hessian(K, dev, f"{ctx.prefix}.{bi}.{name}")
         down = mod is ex.linear(e, "down")
         for x in kept: H.add(ex.hidden(e, x) if down else x)
         return H, "all_tokens"
-    H = Hessian(K, dev, f"{ctx['prefix']}.{bi}.{name}"); H.H += torch.eye(K, device=dev)
+    H = Hessian(K, dev, f"{ctx.prefix}.{bi}.{name}"); H.H += torch.eye(K, device=dev)
     return H, "rtn"
 
 def _solve_expert_stage(ctx, bi:int, si:int, names:list, H):
     "Solve the linears of one expert (one input), from their routed Hessian or, if starved, the fallback."
-    c, e = expert_of(names[0], ctx["experts"]); ex = ctx["block"].get_submodule(c)
+    c, e = expert_of(names[0], ctx.experts); ex = ctx.block.get_submodule(c)
     routed = int(ex.tokens[e]) if isinstance(ex, MoEExperts) and ex.tokens is not None else (H.n if H is not None else 0)
     fb = ""
-    if H is None or (not ctx["moe"]["all_tokens"] and H.n < ctx["moe"]["min_tokens"]): H, fb = _fallback_hessian(ctx, bi, names[0])
-    _solve_linears(ctx, bi, si, [(f"{ctx['prefix']}.{bi}.{n}", n, ctx["linears"][n]) for n in names], H,
+    if H is None or (not ctx.moe["all_tokens"] and H.n < ctx.moe["min_tokens"]): H, fb = _fallback_hessian(ctx, bi, names[0])
+    _solve_linears(ctx, bi, si, [(f"{ctx.prefix}.{bi}.{n}", n, ctx.linears[n]) for n in names], H,
                    extra=dict(expert=e, routed_tokens=routed, fallback=fb))   # gate/up share H: one solve
 
 def _finish_block(ctx, bi:int, stages:list, skip:dict):
     "Solve the expert linears that got no input from their fallback; keep (and record) any other unfed linear in full precision."
-    pre = f"{ctx['prefix']}.{bi}"
-    done = lambda n: hasattr(ctx["linears"][n], "gptq_result")
+    pre = f"{ctx.prefix}.{bi}"
+    done = lambda n: hasattr(ctx.linears[n], "gptq_result")
     for si, s in enumerate(stages):
-        todo = [n for n in s if not done(n) and ctx["config"].for_module(f"{pre}.{n}") is not None]
-        if todo and expert_of(todo[0], ctx["experts"]) is not None: _solve_expert_stage(ctx, bi, si, todo, None)
-    for n in ctx["linears"]:
-        if not done(n) and ctx["config"].for_module(f"{pre}.{n}") is not None:
+        todo = [n for n in s if not done(n) and ctx.config.for_module(f"{pre}.{n}") is not None]
+        if todo and expert_of(todo[0], ctx.experts) is not None: _solve_expert_stage(ctx, bi, si, todo, None)
+    for n in ctx.linears:
+        if not done(n) and ctx.config.for_module(f"{pre}.{n}") is not None:
             skip[f"{pre}.{n}"] = "received no calibration input (its weight is used outside a module call): kept in full precision"
             warnings.warn(f"{pre}.{n} {skip[f'{pre}.{n}']}.")
     for ex in _experts_of_block(ctx): ex.tokens, ex.kept, ex.token_mask, ex.all_tokens = None, None, None, False   # inference again
@@ -387,10 +403,11 @@ def expert_table(report:QuantReport):
 # %% ../nbs/05_quantize.ipynb #c016
 def _default_device(): return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-def run_block(base:dict, bi:int, block, caps:list, skip:dict, device, fp_hidden:list|None=None):
+def run_block(base:BlockContext, bi:int, block, caps:list, skip:dict, device, fp_hidden:list|None=None):
     "Quantize block `bi` on `device` from `caps` (the hidden states entering it, per batch), which then hold its outputs."
     block.to(device)
-    ctx = dict(base, block=block)
+    if isinstance(base, dict): base = BlockContext(**base)   # older callers passed a dict
+    ctx = replace(base, block=block)
     stages, groups = _prepare_block(ctx, bi, caps[0])
     _fp_block_pass(ctx, bi, stages, caps, fp_hidden)   # methods that solve against the full-precision model (nbs 31, 32)
     outs = quantize_block(ctx, bi, caps, stages, groups)
@@ -407,6 +424,35 @@ def fit_batch_size(block, caps:list, device, max_gpu_memory=None, batch_size=Non
     if batch_size is not None or torch.device(device).type != "cuda" or len(caps) != 1: return None
     from gptq_nb.stream import plan_batch_size   # the GPU memory budget (notebook 16)
     return plan_batch_size(block, caps[0], device, max_gpu_memory)
+
+def _check_inputs(model, expert_fallback:str):
+    "Refuse weights that are already NaN/Inf, and an unknown `expert_fallback`."
+    for n, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise ValueError(f"{n} contains NaN/Inf: the checkpoint is damaged or overflowed when loaded; reload it "
+                             "in float32/bfloat16.")
+    if expert_fallback not in ("all_tokens", "rtn"):
+        raise ValueError(f"expert_fallback={expert_fallback!r}: use 'all_tokens' or 'rtn'.")
+
+def _new_report(model, config, blocks, batches, n_tok:int, device, coverage:float):
+    "An empty `QuantReport` whose summary names the model, the calibration set and the device."
+    return QuantReport(config, summary=dict(model=getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__,
+                                            blocks=len(blocks), calibration_samples=sum(len(b[0]) for b in batches),
+                                            calibration_tokens=n_tok, device=str(device), coverage=coverage))
+
+def _block0_inputs(model, calibration, mine, blocks, device, max_gpu_memory, config, tokenizer, pad_id, par):
+    "`(batches, caps)`: what enters block 0, re-cut into batches that fit the GPU budget if one batch doesn't."
+    caps = capture_block_inputs(model, mine, device)
+    if par.world == 1 and (bs := fit_batch_size(blocks[0], caps, device, max_gpu_memory, config.batch_size)) is not None:
+        mine, _ = calibration_batches(calibration, bs, tokenizer, pad_id)   # chunks that fit the GPU budget (one process: ranks would each measure their own)
+        caps = capture_block_inputs(model, mine, device)
+    return mine, caps
+
+def _close_report(model, report, config, skip:dict, n_params:int):
+    "Record on the model and the report what was left in full precision (for the loaders) and the coverage reached."
+    model.gptq_config = report.config = with_skips(config, skip)
+    report.summary["kept_full_precision"] = dict(skip)
+    report.summary["coverage"] = sum(r["in_features"] * r["out_features"] for r in report.rows if r["block"] >= 0) / n_params
 
 def quantize(model:nn.Module|str|os.PathLike,  # a Hugging Face causal LM (modified in place), or a checkpoint folder (streamed, notebook 16)
              calibration,                # samples from `get_calibration`, token-id lists, or texts (with `tokenizer`)
@@ -449,35 +495,23 @@ def quantize(model:nn.Module|str|os.PathLike,  # a Hugging Face causal LM (modif
     par = parallel or SingleProcess()
     mine = par.shard(batches, blocks)   # this process's calibration windows (all of them in one process)
     if par.rank != 0: progress, store_dir = False, None   # one progress bar, one writer
-    for n, p in model.named_parameters():
-        if not torch.isfinite(p).all():
-            raise ValueError(f"{n} contains NaN/Inf: the checkpoint is damaged or overflowed when loaded; reload it "
-                             "in float32/bfloat16.")
-    if expert_fallback not in ("all_tokens", "rtn"):
-        raise ValueError(f"expert_fallback={expert_fallback!r}: use 'all_tokens' or 'rtn'.")
+    _check_inputs(model, expert_fallback)
     skip, coverage, n_params = plan_layers(prefix, blocks, config)
     _check_coverage(coverage, min_coverage, progress)
     qconfig = with_skips(config, skip)
     moe = dict(all_tokens=experts_all_tokens, min_tokens=min_expert_tokens, fallback=expert_fallback)
     if store_dir is not None: Path(store_dir).mkdir(parents=True, exist_ok=True)
     was_training = model.training; model.eval()
-    report = QuantReport(config, summary=dict(model=getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__,
-                                              blocks=len(blocks), calibration_samples=sum(len(b[0]) for b in batches),
-                                              calibration_tokens=n_tok, device=str(device), coverage=coverage))
-    caps = capture_block_inputs(model, mine, device)
-    if par.world == 1 and (bs := fit_batch_size(blocks[0], caps, device, max_gpu_memory, config.batch_size)) is not None:
-        mine, _ = calibration_batches(calibration, bs, tokenizer, pad_id)   # chunks that fit the GPU budget (one process: ranks would each measure their own)
-        caps = capture_block_inputs(model, mine, device)
+    report = _new_report(model, config, blocks, batches, n_tok, device, coverage)
+    mine, caps = _block0_inputs(model, calibration, mine, blocks, device, max_gpu_memory, config, tokenizer, pad_id, par)
     fp_hidden = [c["hidden"] for c in caps] if needs_fp_inputs(config) else None   # the full-precision model's, beside
-    base = dict(config=qconfig, report=report, prefix=prefix, callback=callback, store_dir=store_dir, moe=moe, parallel=par)
+    base = BlockContext(config=qconfig, report=report, prefix=prefix, callback=callback, store_dir=store_dir, moe=moe, parallel=par)
     for bi in tqdm(range(len(blocks)), desc="GPTQ blocks", disable=not progress):
         home = next(blocks[bi].parameters()).device
         run_block(base, bi, blocks[bi], caps, skip, device, fp_hidden)
         blocks[bi].to(home)
     if config.lm_head: _quantize_lm_head(model, mine, caps, config, report, device, par)
-    model.gptq_config = report.config = with_skips(config, skip)   # what was left in full precision, for the loaders
-    report.summary["kept_full_precision"] = dict(skip)
-    report.summary["coverage"] = sum(r["in_features"] * r["out_features"] for r in report.rows if r["block"] >= 0) / n_params
+    _close_report(model, report, config, skip, n_params)
     model.train(was_training)
     report.summary["seconds"] = time.perf_counter() - t0
     return report
@@ -518,17 +552,25 @@ def _quantize_lm_head(model, batches, caps, config, report, device, parallel=Non
     home = head.weight.device
     try:
         model.to(device)   # the blocks are out of the tree: embeddings, final norm and head only
-        with HessianHooks({"lm_head": head}, device) as hh:
-            stop = head.register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(StopForward()))
-            try:
-                for (ids, mask), c in zip(batches, caps):
-                    hh.new_batch(mask.to(device)); store["hidden"] = c["hidden"].to(device)
-                    try: model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-                    except StopForward: pass
-            finally: stop.remove()
-        ctx = dict(config=config, report=report, callback=None, store_dir=None, parallel=parallel)
+        with HessianHooks({"lm_head": head}, device) as hh, stop_before(head):
+            for (ids, mask), c in zip(batches, caps):
+                hh.new_batch(mask.to(device)); store["hidden"] = c["hidden"].to(device)
+                try: model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+                except StopForward: pass
+        ctx = BlockContext(config=config, report=report, parallel=parallel)
         _solve_linear(ctx, "lm_head", -1, "lm_head", 0, head, hh.hessian_for("lm_head"))
     finally:
         model.to(home)   # before the blocks come back (a streamed model's are empty)
         for i, b in enumerate(orig): blocks[i] = b
+
+
+# %% ../nbs/05_quantize.ipynb #c020b
+def rtn_quantize_model(model, config:QuantizeConfig):
+    "RTN-quantize every layer `config` selects, in place, leaving what `quantize` leaves: the dequantized weight and `gptq_result`."
+    for name, (m, mc) in quantizable_linears(model, config).items():
+        qw = rtn_quantize(linear_weight(m).data, mc.bits, mc.group_size, mc.sym, mc.mse, mc.zero_min)
+        set_linear_weight(m, qw.dequantize(m.weight.dtype))
+        m.gptq_result = qw
+    model.gptq_config = config
+    return model
 

@@ -16,7 +16,8 @@ from .io import (CheckpointError, checkpoint_files, parse_size, quantized_state_
                  quant_dict, write_model_files, move_into_place, _umask_modes, _write_report)
 from .experts import from_checkpoint_keys
 from .quantize import (QuantReport, MIN_CALIBRATION_TOKENS, calibration_batches, plan_layers, _check_coverage,
-                       with_skips, run_block, _quantize_lm_head, _default_device, _run, _Replay, SingleProcess)
+                       with_skips, run_block, BlockContext, _close_report, _quantize_lm_head, _default_device, _run,
+                           _Replay, SingleProcess)
 
 # %% auto #0
 __all__ = ['HEADROOM', 'tensor_index', 'read_tensor', 'write_safetensors', 'concat_safetensors', 'empty_weights', 'load_skeleton',
@@ -411,7 +412,8 @@ def quantize_folder(folder, calibration, config:QuantizeConfig|None=None, save_d
     if par.world > 1: work.rewind(min(par.gather(work.done, "finished blocks")))   # all ranks restart at the same block
     work.restore(report, skip, caps, device)
     report.summary.update(batch_size=work.state["batch_size"] or len(batches[0][0]), resumed_at=work.done)
-    base = dict(config=qconfig, report=report, prefix=prefix, callback=callback, store_dir=store_dir, moe=moe, parallel=par)
+    base = BlockContext(config=qconfig, report=report, prefix=prefix, callback=callback, store_dir=store_dir, moe=moe,
+                        parallel=par)
     bar = tqdm(total=len(blocks), initial=work.done, desc="GPTQ blocks (from files)", disable=not progress)
     for bi in range(work.done, len(blocks)):
         name, n_rows, before, tb = f"{prefix}.{bi}", len(report.rows), set(skip), time.perf_counter()
@@ -430,10 +432,8 @@ def quantize_folder(folder, calibration, config:QuantizeConfig|None=None, save_d
     bar.close(); work.wait()
     if config.lm_head: _quantize_lm_head(model, mine, caps, config, report, device, par)
     del caps
-    final = with_skips(config, skip)
-    model.gptq_config = report.config = final
-    report.summary["kept_full_precision"] = dict(skip)
-    report.summary["coverage"] = sum(r["in_features"] * r["out_features"] for r in report.rows if r["block"] >= 0) / n_params
+    _close_report(model, report, config, skip, n_params)   # as the in-memory loop closes it (05)
+    final = report.config
     report.summary["seconds"] = time.perf_counter() - t0
     if par.rank == 0:
         write_checkpoint(work, len(blocks), _outside_blocks(model, prefix, blocks, final, stored), model, final, save_dir,

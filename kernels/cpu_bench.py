@@ -86,7 +86,8 @@ def main():
     args = ap.parse_args()
     from gptq_nb.demo import load_default_model, fetch_default_model
     from gptq_nb.quant import QuantizeConfig
-    from gptq_nb.qlinear import rtn_quantize_model, pack_model, set_backend, QuantLinear
+    from gptq_nb.qlinear import pack_model, set_backend, QuantLinear
+    from gptq_nb.quantize import rtn_quantize_model
     from gptq_nb.io import save_quantized, from_quantized
     fl, tok = load_default_model(fetch_default_model())
     ids = tok("The Eiffel Tower is 324 metres tall, about the same height as an 81-storey building. It was the tallest "

@@ -5,7 +5,8 @@ import pytest, torch
 from transformers import LlamaConfig, LlamaForCausalLM, AutoModelForCausalLM
 from gptq_nb.quant import QuantizeConfig, rtn_quantize
 from gptq_nb.pack import fp16_scales, make_g_idx
-from gptq_nb.qlinear import QuantLinear, rtn_quantize_model, register_backend, unregister_backend, resolve_backend
+from gptq_nb.qlinear import QuantLinear, register_backend, unregister_backend, resolve_backend
+from gptq_nb.quantize import rtn_quantize_model
 from gptq_nb.io import save_quantized, from_quantized
 import gptq_nb.hf  # noqa: F401  (registers the transformers integration)
 

@@ -7,7 +7,7 @@ import pytest, torch
 import huggingface_hub.constants as hf_constants
 from transformers import LlamaConfig, LlamaForCausalLM
 from gptq_nb.quant import QuantizeConfig
-from gptq_nb.qlinear import rtn_quantize_model
+from gptq_nb.quantize import rtn_quantize_model
 from gptq_nb.io import save_quantized, push_to_hub, CheckpointError
 
 

@@ -8,7 +8,9 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2L
 from transformers.utils import logging as hf_logging
 from gptq_nb.quant import QuantizedWeight, QuantizeConfig, SUPPORTED_BITS, n_groups
 from gptq_nb.pack import make_g_idx, fp16_scales
-from gptq_nb.qlinear import QuantLinear, quantizable_linears, rtn_quantize_model, _is_conv1d
+from gptq_nb.model import quantizable_linears
+from gptq_nb.qlinear import QuantLinear
+from gptq_nb.quantize import rtn_quantize_model
 from gptq_nb.io import save_quantized, from_quantized
 import gptq_nb.hf  # registers the transformers integration
 

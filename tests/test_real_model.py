@@ -7,7 +7,7 @@ fetched. Codes come from round-to-nearest on the GPTQ grid, attached exactly as 
 """
 import pytest, torch
 from gptq_nb.quant import QuantizeConfig
-from gptq_nb.qlinear import rtn_quantize_model
+from gptq_nb.quantize import rtn_quantize_model
 
 
 @pytest.fixture(autouse=True)

@@ -347,12 +347,9 @@ def _qlinear_available(m, x) -> bool:
             and m.bits in (2, 3, 4, 8))
 
 def register() -> bool:
-    "Register the Triton kernels as `gptq_nb.qlinear`'s 'triton' backend; False if qlinear can't be imported."
-    try:
-        from gptq_nb import qlinear
-        qlinear.register_backend("triton", _qlinear_forward, _qlinear_available)
-        return True
-    except Exception:
-        return False
+    "Register the Triton kernels as the 'triton' backend of `gptq_nb.backends`, the registry `QuantLinear` dispatches through."
+    from gptq_nb.backends import register_backend   # the registry imports neither the layer nor the kernels
+    register_backend("triton", _qlinear_forward, _qlinear_available)
+    return True
 
 register()
