@@ -43,10 +43,10 @@ test: $(VENV)/.dev
 	@echo "== pytest"
 	$(BIN)/python -m pytest -q tests
 
-# Checks that take minutes of CPU, not part of `make test`: a 0.57 GB checkpoint quantized from its files under an
-# RSS bound of a third of its size (tests/test_stream.py).
+# Checks that take minutes of CPU, not part of `make test`: quantizing 10- and 40-block checkpoints from their files
+# grows peak RSS alike (tests/test_stream.py).
 test-slow: $(VENV)/.dev
-	GPTQ_NB_SLOW=1 $(BIN)/python -m pytest -q -s tests/test_stream.py -k rss_cap
+	GPTQ_NB_SLOW=1 $(BIN)/python -m pytest -q -s tests/test_stream.py -k number_of_blocks
 
 # LoRA on the real default model (nbs/18_lora's slow cell: minutes on a CPU); not part of `make test`.
 ifeq ($(NO_GPU),1)
