@@ -42,7 +42,7 @@ def solve_method(Ws:list, H, cfg, names=None, stats=None):
             r.info = dict(method=tag + ("" if cfg.method == "gptq" else " (no full-precision inputs)"),
                           objective=r.loss, gptq_objective=ref, vs_gptq=r.loss / ref if ref > 0 else 1.0)
         return res
-    G, Hfp = stats.G.to(H.device), stats.Hfp.H.to(H.device)
+    G = stats.G.to(H.device)
     t0 = time.perf_counter()
     if method == "gptaq": res = gptaq_quantize_many(Ws, H, G, cfg.alpha, **kw)
     else:
@@ -51,8 +51,9 @@ def solve_method(Ws:list, H, cfg, names=None, stats=None):
     if cfg.refine: res = [refine_result(r, W, H, R=W.float().to(H.device) @ G, zero_min=cfg.zero_min) for r, W in zip(res, Ws)]
     plain = gptq_quantize_many(Ws, H, rtn=False, **kw)            # the comparison the report carries
     per = (time.perf_counter() - t0) / max(len(Ws), 1)
-    for r, p, W in zip(res, plain, Ws):
-        obj, ref = (asym_loss(W, x.qw.dequantize(), H, G, Hfp) for x in (r, p))
+    for r, p, W, n in zip(res, plain, Ws, names or [None] * len(Ws)):
+        c = stats.fp_const(W, n)   # tr(W·Hfp·Wᵀ): the same for both
+        obj, ref = (asym_loss(W, x.qw.dequantize(), H, G, c) for x in (r, p))
         r.info = dict(r.info or {}, method=tag, objective=obj, gptq_objective=ref, vs_gptq=obj / ref if ref > 0 else 1.0)
         r.seconds = per
     return res
