@@ -224,6 +224,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'gptq_nb.gptaq': { 'gptq_nb.gptaq.AsymStats': ('gptaq.html#asymstats', 'gptq_nb/gptaq.py'),
                                'gptq_nb.gptaq.AsymStats.__init__': ('gptaq.html#asymstats.__init__', 'gptq_nb/gptaq.py'),
                                'gptq_nb.gptaq.AsymStats.add': ('gptaq.html#asymstats.add', 'gptq_nb/gptaq.py'),
+                               'gptq_nb.gptaq.AsymStats.fp_const': ('gptaq.html#asymstats.fp_const', 'gptq_nb/gptaq.py'),
+                               'gptq_nb.gptaq._sq_no_bias': ('gptaq.html#_sq_no_bias', 'gptq_nb/gptaq.py'),
                                'gptq_nb.gptaq.asym_loss': ('gptaq.html#asym_loss', 'gptq_nb/gptaq.py'),
                                'gptq_nb.gptaq.fp_block_inputs': ('gptaq.html#fp_block_inputs', 'gptq_nb/gptaq.py'),
                                'gptq_nb.gptaq.gptaq_quantize_many': ('gptaq.html#gptaq_quantize_many', 'gptq_nb/gptaq.py'),

@@ -115,9 +115,11 @@ PRESETS = {
 BENCH_CONFIGS = {
     "GPTQ, GPTQModel's defaults (sym, group-aware order, damp 0.05)": PRESETS["gptqmodel"],
     "GPTQ best (act-order, static groups, asym, MSE clip)": PRESETS["best"],
-    "GPTQ best + least-squares scales/zeros (`refine`, nb 30)": dict(PRESETS["best"], refine=True),
-    "GPTAQ asymmetric calibration + refine (best preset, nb 31)": dict(PRESETS["best"], method="gptaq", refine=True),
-    "Qronos-style target + refine (best preset, nb 32)": dict(PRESETS["best"], method="qronos", refine=True),
+    "best + least-squares scales/zeros (`refine`, nb 30)": dict(PRESETS["best"], refine=True),
+    "best + GPTAQ asymmetric calibration (α 0.25, nb 31)": dict(PRESETS["best"], method="gptaq"),
+    "best + GPTAQ + refine": dict(PRESETS["best"], method="gptaq", refine=True),
+    "best + Qronos-style target (α 0.25, nb 32)": dict(PRESETS["best"], method="qronos"),
+    "best + Qronos-style target + refine": dict(PRESETS["best"], method="qronos", refine=True),
 }
 
 def bench_accuracy(windows:int=40, bits=(4, 3), readme="README.md", gguf_path=None, log=print):

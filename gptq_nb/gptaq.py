@@ -13,10 +13,11 @@ __all__ = ['AsymStats', 'asym_loss', 'needs_fp_inputs', 'fp_block_inputs', 'obse
 
 # %% ../nbs/31_gptaq.ipynb #c005
 class AsymStats:
-    "Running `G = 2/n·Σ x x̃ᵀ` (full-precision input `x`, quantized model's `x̃`) and `Hfp = 2/n·Σ x xᵀ` for one `K`-input."
-    def __init__(self, K:int, device=None, name:str=""):
+    "Running `G = 2/n·Σ x x̃ᵀ` (full-precision input `x`, quantized model's `x̃`) and, with `fp_gram`, `Hfp = 2/n·Σ x xᵀ` for one `K`-input."
+    def __init__(self, K:int, device=None, name:str="", fp_gram:bool=True):
         self.G = torch.zeros(K, K, dtype=torch.float32, device=device)
-        self.Hfp, self.n, self.name = Hessian(K, device, name), 0, name
+        self.Hfp, self.n, self.name = (Hessian(K, device, name) if fp_gram else None), 0, name
+        self.out_sq = {}   # without `Hfp`: {linear: (Σ‖y‖², tokens)} of its full-precision outputs (`fp_block_inputs`)
 
     def add(self, x, xq, mask=None):
         "Add the rows of `x` and `xq` (same shape `[..., K]`); `mask` (nonzero = real token) drops padding from both."
@@ -32,13 +33,23 @@ class AsymStats:
         if n == 0: return self
         self.G.mul_(self.n / (self.n + n)); self.n += n
         self.G.addmm_(x.T, xq, alpha=2 / self.n)
-        self.Hfp.add(x)
+        if self.Hfp is not None: self.Hfp.add(x)
         return self
 
+    def fp_const(self, W, name:str|None=None):
+        "`tr(W·Hfp·Wᵀ) = 2/n·‖W X‖²`, the objective's constant for weight `W`: from `Hfp`, else from the outputs gathered for linear `name`."
+        if self.Hfp is not None: return float(((W.double() @ self.Hfp.H.double()) * W.double()).sum())
+        keys = [k for k in self.out_sq if name is not None and (name == k or name.endswith("." + k))]
+        key = max(keys, key=len) if keys else None
+        if key is None: raise KeyError(f"{self.name}: no full-precision outputs were gathered for {name!r}.")
+        s, n = self.out_sq[key]
+        return 2 * s / n
+
 def asym_loss(W, What, H, G, Hfp):
-    "`2/n·‖Ŵ X̃ − W X‖²` from the statistics: the output error against the full-precision model."
+    "`2/n·‖Ŵ X̃ − W X‖²` from the statistics: the output error against the full-precision model (`Hfp`: the Gram `2/n·X Xᵀ`, or the constant `tr(W·Hfp·Wᵀ)` itself)."
     W, What = W.double(), What.double()
-    return float(((What @ H.double()) * What).sum() - 2 * ((W @ G.double()) * What).sum() + ((W @ Hfp.double()) * W).sum())
+    c = float(((W @ Hfp.double()) * W).sum()) if torch.is_tensor(Hfp) and Hfp.ndim == 2 else float(Hfp)
+    return float(((What @ H.double()) * What).sum() - 2 * ((W @ G.double()) * What).sum()) + c
 
 # %% ../nbs/31_gptaq.ipynb #c009
 def needs_fp_inputs(config):
@@ -46,16 +57,30 @@ def needs_fp_inputs(config):
     return config.method != "gptq" or any(not k.startswith("-:") and ov.get("method", config.method) != "gptq"
                                           for k, ov in (config.dynamic or {}).items())
 
+def _sq_no_bias(m, y):
+    "Per-token `‖W x‖²` from a linear's output `y` (its bias, which both models share, taken off)."
+    b = getattr(m, "bias", None)
+    y = y.detach().float() if b is None else y.detach().float() - b.detach().float()
+    return (y ** 2).sum(-1)
+
 @torch.no_grad()
-def fp_block_inputs(block, linears:dict, heads:list, hiddens:list, block_args:list):
-    "Run the (still full-precision) `block` on each batch's full-precision `hiddens`: `(inputs, outputs)`, `inputs[j][name]` the input of linear `name` in batch `j`."
-    got, handles, ins, outs = {}, [], [], []
+def fp_block_inputs(block, linears:dict, heads:list, hiddens:list, block_args:list, sq:dict|None=None, masks:list|None=None):
+    """Run the (still full-precision) `block` on each batch's full-precision `hiddens`: `(inputs, outputs)`, `inputs[j][name]` the input of linear `name` in batch `j`.
+    `sq` (a dict): also gather `{name: (Σ‖y‖², tokens)}` of every linear's output over the real tokens (`masks[j]`), the objective's constant without a full-precision Gram."""
+    got, ysq, handles, ins, outs = {}, {}, [], [], []
     for n in heads: handles.append(linears[n].register_forward_pre_hook(lambda m, a, n=n: got.__setitem__(n, a[0].detach())))
+    if sq is not None:
+        for n, mod in linears.items(): handles.append(mod.register_forward_hook(lambda m, a, y, n=n: ysq.__setitem__(n, _sq_no_bias(m, y))))
     try:
-        for h, (args, kwargs) in zip(hiddens, block_args):
+        for j, (h, (args, kwargs)) in enumerate(zip(hiddens, block_args)):
             out = block(h, *args, **kwargs)
             outs.append(out[0] if isinstance(out, (tuple, list)) else out)
             ins.append(dict(got)); got.clear()
+            for n, v in ysq.items():
+                v = v.reshape(-1)
+                if masks is not None and masks[j] is not None: v = v[masks[j].reshape(-1).to(v.device).bool()]
+                s, c = sq.get(n, (0.0, 0)); sq[n] = (s + float(v.double().sum()), c + v.numel())
+            ysq.clear()
     finally:
         for hd in handles: hd.remove()
     return ins, outs
@@ -63,7 +88,10 @@ def fp_block_inputs(block, linears:dict, heads:list, hiddens:list, block_args:li
 def observe_fp(fp:dict|None, name:str, xq, mask, j:int):
     "Feed the `AsymStats` of stage head `name` with the quantized model's input `xq` of batch `j` (no-op without full-precision inputs for it)."
     if fp is None or name not in fp["inputs"][j]: return
-    st = fp["stats"].get(name) or fp["stats"].setdefault(name, AsymStats(xq.shape[-1], xq.device, name))
+    st = fp["stats"].get(name)
+    if st is None:   # with the outputs' squares gathered, the full-precision Gram is not needed
+        st = fp["stats"][name] = AsymStats(xq.shape[-1], xq.device, name, fp_gram="sq" not in fp)
+        st.out_sq = fp.get("sq", {})
     st.add(fp["inputs"][j][name], xq, mask)
 
 # %% ../nbs/31_gptaq.ipynb #c012

@@ -14,14 +14,14 @@ from .gptaq import gptaq_quantize_many, asym_loss
 __all__ = ['qronos_target', 'solve_method']
 
 # %% ../nbs/32_qronos.ipynb #c004
-def qronos_target(W, H, G, damp_percent:float=0.01):
-    "The damped least-squares solution `W + W(G − H)(H + λI)⁻¹` of `min ‖Ŵ X̃ − W X‖² + λ‖Ŵ − W‖²` (λ = damp·mean diag H)."
+def qronos_target(W, H, G, damp_percent:float=0.01, alpha:float=1.0):
+    "`W + α·W(G − H)(H + λI)⁻¹`: for α = 1 the damped least-squares solution of `min ‖Ŵ X̃ − W X‖² + λ‖Ŵ − W‖²` (λ = damp·mean diag H); α < 1 shrinks the correction towards `W`."
     W64, H64 = W.double(), H.to(W.device).double()
     K = H64.shape[0]
     lam = damp_percent * float(torch.diag(H64).mean()) or 1e-8
     L = torch.linalg.cholesky(H64 + lam * torch.eye(K, dtype=H64.dtype, device=H64.device))
     C = W64 @ (G.to(W.device).double() - H64)                      # W·D, [N, K]
-    return (W64 + torch.cholesky_solve(C.T, L).T).to(W.dtype)
+    return (W64 + alpha * torch.cholesky_solve(C.T, L).T).to(W.dtype)
 
 # %% ../nbs/32_qronos.ipynb #c008
 def _solver_kw(cfg, names):
@@ -42,17 +42,18 @@ def solve_method(Ws:list, H, cfg, names=None, stats=None):
             r.info = dict(method=tag + ("" if cfg.method == "gptq" else " (no full-precision inputs)"),
                           objective=r.loss, gptq_objective=ref, vs_gptq=r.loss / ref if ref > 0 else 1.0)
         return res
-    G, Hfp = stats.G.to(H.device), stats.Hfp.H.to(H.device)
+    G = stats.G.to(H.device)
     t0 = time.perf_counter()
     if method == "gptaq": res = gptaq_quantize_many(Ws, H, G, cfg.alpha, **kw)
     else:
-        tg = gptq_quantize_many([qronos_target(W.float(), H, G, cfg.damp_percent) for W in Ws], H, rtn=False, **kw)
+        tg = gptq_quantize_many([qronos_target(W.float(), H, G, cfg.damp_percent, cfg.alpha) for W in Ws], H, rtn=False, **kw)
         res = [_result(W, H, r.qw, r.damp, r.seconds, True, cfg.bits, cfg.group_size, cfg.sym, cfg.mse) for W, r in zip(Ws, tg)]
     if cfg.refine: res = [refine_result(r, W, H, R=W.float().to(H.device) @ G, zero_min=cfg.zero_min) for r, W in zip(res, Ws)]
     plain = gptq_quantize_many(Ws, H, rtn=False, **kw)            # the comparison the report carries
     per = (time.perf_counter() - t0) / max(len(Ws), 1)
-    for r, p, W in zip(res, plain, Ws):
-        obj, ref = (asym_loss(W, x.qw.dequantize(), H, G, Hfp) for x in (r, p))
+    for r, p, W, n in zip(res, plain, Ws, names or [None] * len(Ws)):
+        c = stats.fp_const(W, n)   # tr(W·Hfp·Wᵀ): the same for both
+        obj, ref = (asym_loss(W, x.qw.dequantize(), H, G, c) for x in (r, p))
         r.info = dict(r.info or {}, method=tag, objective=obj, gptq_objective=ref, vs_gptq=obj / ref if ref > 0 else 1.0)
         r.seconds = per
     return res

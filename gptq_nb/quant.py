@@ -45,7 +45,7 @@ class QuantizeConfig:
     batch_size: int|None = None    # calibration windows per forward; None = all at once (one pass per block)
     dynamic: dict|None = None      # per-module overrides {"+:regex": {"bits": 8}, "-:regex": {}} (skip with "-:")
     method: str = "gptq"           # "gptq"; "gptaq" or "qronos": solve against the full-precision model's inputs (nbs 31, 32)
-    alpha: float = 0.25            # gptaq: weight of the asymmetry term (the paper's 0.25)
+    alpha: float = 0.25            # gptaq: weight of the asymmetry term (the paper's 0.25); qronos: share of the least-squares correction kept
     refine: bool = False           # least-squares scales/zeros once the codes are fixed (nb 30)
 
     def __post_init__(self):

@@ -243,9 +243,10 @@ def _fp_block_pass(ctx, bi:int, stages:list, caps:list, fp_hidden:list|None):
     "For methods that solve against the full-precision model (nbs 31, 32): run block `bi`, still full precision, on `fp_hidden` (advanced in place to its outputs); `ctx.fp` gets its stage inputs."
     if fp_hidden is None: return
     heads = [s[0] for s in stages if s[0] not in ctx.routed]
-    ins, outs = fp_block_inputs(ctx.block, ctx.linears, heads, fp_hidden, [c["block_args"][bi] for c in caps])
+    dense, sq = {n: ctx.linears[n] for s in stages if s[0] not in ctx.routed for n in s}, {}
+    ins, outs = fp_block_inputs(ctx.block, dense, heads, fp_hidden, [c["block_args"][bi] for c in caps], sq, [c["mask"] for c in caps])
     fp_hidden[:] = outs
-    ctx.fp = dict(inputs=ins, stats={})
+    ctx.fp = dict(inputs=ins, stats={}, sq=sq)   # sq: the outputs' squares, in place of a full-precision Gram
 
 # %% ../nbs/05_quantize.ipynb #c014b
 def plan_layers(prefix:str, blocks, config:QuantizeConfig):
