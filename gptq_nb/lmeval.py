@@ -9,7 +9,8 @@ from pathlib import Path
 from .data import _wikitext_file
 
 # %% auto #0
-__all__ = ['DEFAULT_TASKS', 'wikitext2_documents', 'lastword_passages', 'write_tasks', 'lm_eval_tasks']
+__all__ = ['DEFAULT_TASKS', 'BENCH_LIMITS', 'wikitext2_documents', 'lastword_passages', 'write_tasks', 'lm_eval_tasks',
+           'bench_lm_eval', 'lm_eval_table']
 
 # %% ../nbs/06a_lmeval.ipynb #l007
 DEFAULT_TASKS = ("wikitext2_local", "wikitext2_lastword")
@@ -97,3 +98,39 @@ def lm_eval_tasks(model, tokenizer, tasks=DEFAULT_TASKS, limit:int|float|None=No
                           **kwargs)
     return {t: {k.split(",")[0]: v for k, v in r.items() if isinstance(v, (int, float)) and "_stderr" not in k}
             for t, r in res["results"].items()}
+
+# %% ../nbs/06a_lmeval.ipynb #l020
+BENCH_LIMITS = {"wikitext2_local": 3, "wikitext2_lastword": 200}
+
+def bench_lm_eval(checkpoint="out/smollm2-gptq-4bit-g64", limits:dict|None=None, batch_size:int=1, log=print) -> list[dict]:
+    "lm-eval rows for the default model: FP32, RTN on the checkpoint's grid, and the GPTQ `checkpoint` (make demo's)."
+    import copy, time, torch
+    from gptq_nb.demo import load_default_model, PRESETS
+    from gptq_nb.io import from_quantized, read_quant_config
+    from gptq_nb.qlinear import rtn_quantize_model
+    from gptq_nb.quant import QuantizeConfig
+    limits = dict(limits or BENCH_LIMITS)
+    qc = read_quant_config(checkpoint)   # before the long runs: no checkpoint, no table
+    fp, tok = load_default_model(); tdir = write_tasks()
+    rtn_cfg = QuantizeConfig(bits=qc["bits"], group_size=qc["group_size"], **PRESETS["vllm"])
+    rows = []
+    def run(name, model):
+        t0, row = time.perf_counter(), dict(model=name)
+        for task, n in limits.items(): row[task] = lm_eval_tasks(model, tok, [task], limit=n, batch_size=batch_size, task_dir=tdir)[task]
+        row["seconds"] = time.perf_counter() - t0; rows.append(row); log(row)
+    run("FP32 (dequantized Q4_1 GGUF)", fp)
+    run(f"RTN {qc['bits']}-bit g{qc['group_size']} (sym, MSE clip)", rtn_quantize_model(copy.deepcopy(fp), rtn_cfg)); del fp
+    run(f"GPTQ {qc['bits']}-bit g{qc['group_size']} (make demo's checkpoint, `vllm` preset)",
+        from_quantized(checkpoint, device="cpu", dtype=torch.float32, backend="torch"))
+    return rows
+
+def lm_eval_table(rows) -> str:
+    "Markdown table of `bench_lm_eval` rows."
+    out = ("| model | WikiText-2 word perplexity | bits per byte | last-word accuracy | last-word perplexity | seconds |\n"
+           "|---|---|---|---|---|---|\n")
+    for r in rows:
+        w, c = r.get("wikitext2_local", {}), r.get("wikitext2_lastword", {})
+        f = lambda d, k, fmt: format(d[k], fmt) if k in d else "—"
+        out += (f"| {r['model']} | {f(w, 'word_perplexity', '.2f')} | {f(w, 'bits_per_byte', '.4f')} | "
+                f"{f(c, 'acc', '.3f')} | {f(c, 'perplexity', '.1f')} | {r['seconds']:.0f} |\n")
+    return out

@@ -21,9 +21,21 @@ TIE = 0.25
 AGREE = 0.9       # and at least this fraction of the steps choose exactly vLLM's token
 
 
+# `make demo`'s default run writes its GPTQ checkpoint here (relative to where make runs: the repository root)
+DEMO_CHECKPOINT = Path(os.environ.get("GPTQ_NB_VLLM_CHECKPOINT", ROOT / "out" / "smollm2-gptq-4bit-g64"))
+
+
 def _default_checkpoint(tmp_path, gguf):
-    "The default run's checkpoint (demo settings: `vllm` preset, 4-bit g64), calibrated on 16 x 256 C4 tokens for time."
+    """The default run's checkpoint: `make demo`'s (GPTQ, `vllm` preset, 4-bit g64, 128 x 512 C4) where it has been
+    written, else one made here with the same settings, calibrated on 16 x 256 C4 tokens for time."""
     from gptq_nb.demo import load_default_model, PRESETS
+    from gptq_nb.io import read_quant_config
+    if (DEMO_CHECKPOINT / "quantize_config.json").exists():
+        qc = read_quant_config(DEMO_CHECKPOINT)
+        assert (qc["bits"], qc["group_size"], qc["sym"], qc["desc_act"]) == (4, 64, True, False), qc
+        print(f"checkpoint: {DEMO_CHECKPOINT} (make demo's)")
+        return DEMO_CHECKPOINT, load_default_model(gguf)[1]
+    print(f"checkpoint: made here (no {DEMO_CHECKPOINT}; 16 x 256 C4 calibration)")
     from gptq_nb.data import c4_calibration
     from gptq_nb.quant import QuantizeConfig
     from gptq_nb.quantize import quantize
