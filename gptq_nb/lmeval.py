@@ -100,26 +100,26 @@ def lm_eval_tasks(model, tokenizer, tasks=DEFAULT_TASKS, limit:int|float|None=No
             for t, r in res["results"].items()}
 
 # %% ../nbs/06a_lmeval.ipynb #l020
-BENCH_LIMITS = {"wikitext2_local": 3, "wikitext2_lastword": 200}
+BENCH_LIMITS = {"wikitext2_local": 3, "wikitext2_lastword": 100}
 
-def bench_lm_eval(checkpoint="out/smollm2-gptq-4bit-g64", limits:dict|None=None, batch_size:int=1, log=print) -> list[dict]:
-    "lm-eval rows for the default model: FP32, RTN on the checkpoint's grid, and the GPTQ `checkpoint` (make demo's)."
+def bench_lm_eval(checkpoint="out/smollm2-gptq-4bit-g64", limits:dict|None=None, batch_size:int=8, log=print) -> list[dict]:
+    "lm-eval rows for the default model: FP32, plain RTN at the checkpoint's bits and group size, and the GPTQ `checkpoint`."
     import copy, time, torch
-    from gptq_nb.demo import load_default_model, PRESETS
+    from gptq_nb.demo import load_default_model
     from gptq_nb.io import from_quantized, read_quant_config
     from gptq_nb.qlinear import rtn_quantize_model
     from gptq_nb.quant import QuantizeConfig
     limits = dict(limits or BENCH_LIMITS)
     qc = read_quant_config(checkpoint)   # before the long runs: no checkpoint, no table
     fp, tok = load_default_model(); tdir = write_tasks()
-    rtn_cfg = QuantizeConfig(bits=qc["bits"], group_size=qc["group_size"], **PRESETS["vllm"])
+    rtn_cfg = QuantizeConfig(bits=qc["bits"], group_size=qc["group_size"], sym=True)   # plain RTN, as in the A1 table
     rows = []
     def run(name, model):
         t0, row = time.perf_counter(), dict(model=name)
         for task, n in limits.items(): row[task] = lm_eval_tasks(model, tok, [task], limit=n, batch_size=batch_size, task_dir=tdir)[task]
         row["seconds"] = time.perf_counter() - t0; rows.append(row); log(row)
     run("FP32 (dequantized Q4_1 GGUF)", fp)
-    run(f"RTN {qc['bits']}-bit g{qc['group_size']} (sym, MSE clip)", rtn_quantize_model(copy.deepcopy(fp), rtn_cfg)); del fp
+    run(f"RTN {qc['bits']}-bit g{qc['group_size']} (sym)", rtn_quantize_model(copy.deepcopy(fp), rtn_cfg)); del fp
     run(f"GPTQ {qc['bits']}-bit g{qc['group_size']} (make demo's checkpoint, `vllm` preset)",
         from_quantized(checkpoint, device="cpu", dtype=torch.float32, backend="torch"))
     return rows
