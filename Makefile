@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN  := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: demo test test-slow test-lora-real test-interop lab bench-accuracy clean-nbs export
+.PHONY: demo test test-slow test-lora-real test-interop lab bench-accuracy bench-lm-eval clean-nbs export
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,15 @@ demo: $(VENV)/.core
 
 bench-accuracy: $(VENV)/.core
 	$(BIN)/python -m gptq_nb.demo --bench
+
+$(VENV)/.eval: $(VENV)/.core
+	$(BIN)/pip install -q -e '.[eval]'
+	@touch $@
+
+# lm-evaluation-harness (nbs/06a) on the default model: FP32, RTN and the GPTQ checkpoint `make demo` wrote, on the
+# README's fixed subsets of two local tasks (tens of minutes on 2 cores). Run `make demo` first.
+bench-lm-eval: $(VENV)/.eval
+	$(BIN)/python -c "from gptq_nb.lmeval import bench_lm_eval, lm_eval_table; print(lm_eval_table(bench_lm_eval()))"
 
 # No GPU: Triton kernels run under its CPU interpreter, which must be on before any process imports triton.
 NO_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo 1)

@@ -101,9 +101,15 @@ def _ppl(model, tok, windows:int) -> float:
     return p
 
 def cmd_eval(a) -> dict:
-    "WikiText-2 perplexity of a model or checkpoint (protocol A1: 40 windows is A1-quick)."
+    "WikiText-2 perplexity of a model or checkpoint (protocol A1: 40 windows is A1-quick); lm-eval tasks with --tasks."
     model, tok = load_model(a.model)
-    return dict(perplexity=_ppl(model, tok, a.windows))
+    out = dict(perplexity=_ppl(model, tok, a.windows)) if a.windows else {}
+    if a.tasks:
+        from gptq_nb.lmeval import lm_eval_tasks
+        out["lm_eval"] = res = lm_eval_tasks(model, tok, a.tasks, limit=a.limit, batch_size=a.batch_size,
+                                             max_length=a.max_length, task_dir=a.task_dir)
+        for t, m in res.items(): print(f"{t}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()))
+    return out
 
 def cmd_inspect(a) -> dict:
     "What a checkpoint holds: its quantization config, quantized layers by shape, bits and group, bytes on disk."
@@ -158,8 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seqlen", type=int, default=512, help="tokens per window (default 512)")
     q.add_argument("--device", default=None, help="device to quantize on (default: cuda if present, else cpu)")
     q.add_argument("--eval-windows", type=int, default=0, help="then evaluate WikiText-2 perplexity on this many windows")
-    e = sub.add_parser("eval", help="WikiText-2 perplexity of a model or checkpoint")
-    e.add_argument("model"); e.add_argument("--windows", type=int, default=40, help="2048-token windows (40 = A1-quick)")
+    e = sub.add_parser("eval", help="WikiText-2 perplexity of a model or checkpoint; lm-eval tasks with --tasks",
+                       description="WikiText-2 test perplexity of MODEL (protocol A1) and, with --tasks, "
+                                   "lm-evaluation-harness tasks run on the same model (pip install 'gptq_nb[eval]').")
+    e.add_argument("model"); e.add_argument("--windows", type=int, default=40, help="2048-token windows (40 = A1-quick; 0: none)")
+    e.add_argument("--tasks", default=None, help="comma-separated lm-eval tasks: wikitext2_local, wikitext2_lastword "
+                   "(local WikiText-2 data, notebook 06a), or any task of --task-dir / lm-eval whose data are reachable")
+    e.add_argument("--limit", type=int, default=None, help="first N documents of each task (default: all)")
+    e.add_argument("--batch-size", type=int, default=1, help="lm-eval batch size (default 1)")
+    e.add_argument("--max-length", type=int, default=2048, help="lm-eval context window in tokens (default 2048, as A1)")
+    e.add_argument("--task-dir", default=None, help="a folder of lm-eval task YAMLs (default: gptq_nb's local tasks, "
+                   "written to a temporary folder)")
     i = sub.add_parser("inspect", help="summarise a GPTQ checkpoint")
     i.add_argument("checkpoint")
     d = sub.add_parser("dashboard", help="a notebook that opens the dashboards for a checkpoint")
