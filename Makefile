@@ -53,7 +53,7 @@ test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q tests
 
 # Checks that take minutes of CPU, not part of `make test`: quantizing 10- and 40-block checkpoints from their files
-# grows peak RSS alike (tests/test_stream.py).
+# grows peak RSS far less than linearly in the model's size (tests/test_stream.py).
 test-slow: $(VENV)/.dev
 	GPTQ_NB_SLOW=1 $(BIN)/python -m pytest -q -s tests/test_stream.py -k number_of_blocks
 
