@@ -24,8 +24,6 @@ def _as_module_x(fn):
 
 def register_backend(name:str, forward_fn, is_available_fn=None, differentiable:bool=False):
     "Register `forward_fn(module, x) -> y` as backend `name`; `is_available_fn(module, x)` or `(device)` -> bool."
-    if name in _BACKENDS and getattr(forward_fn, "__module__", None) == "__main__":
-        return   # a notebook re-running an exported cell keeps the module's own function (see below)
     _BACKENDS[name] = (forward_fn, _as_module_x(is_available_fn), differentiable)
 
 def unregister_backend(name:str):
