@@ -71,14 +71,14 @@ class FastGenerate:
         if model.device.type == "cuda" and batch not in self.warmed: self.warm_kernels(model, batch)
         name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"  # renamed in transformers 5.2x
         extra = {name: self.cache}
-        why_not = loop_refusal(model, get, kwargs) if self.loop else "loop switched off"
+        why_not = loop_refusal(model, get) if self.loop else "loop switched off"
         if why_not is None: extra["custom_generate"] = functools.partial(decode_loop, streamer=kwargs.get("streamer"))
         elif get("compile_config") is None: extra["compile_config"] = self.compile_config
         self.calls.append(dict(batch=batch, cache_len=key[1], reused=reused, loop=why_not is None))
         return extra
 
 # %% ../nbs/15_generate.ipynb #c0loop2
-def loop_refusal(model, get, kwargs) -> str|None:
+def loop_refusal(model, get) -> str|None:
     "Why gptq_nb's decode loop can't run this `generate` call (None: it can); `get` reads the call's generation settings."
     from gptq_nb.experts import MoEExperts
     cfg = model.config.get_text_config(decoder=True)
