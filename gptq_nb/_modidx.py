@@ -302,6 +302,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'gptq_nb.io.model_class': ('io.html#model_class', 'gptq_nb/io.py'),
                             'gptq_nb.io.move_into_place': ('io.html#move_into_place', 'gptq_nb/io.py'),
                             'gptq_nb.io.normalize_quant_config': ('io.html#normalize_quant_config', 'gptq_nb/io.py'),
+                            'gptq_nb.io.package_version': ('io.html#package_version', 'gptq_nb/io.py'),
                             'gptq_nb.io.parse_size': ('io.html#parse_size', 'gptq_nb/io.py'),
                             'gptq_nb.io.push_to_hub': ('io.html#push_to_hub', 'gptq_nb/io.py'),
                             'gptq_nb.io.quant_dict': ('io.html#quant_dict', 'gptq_nb/io.py'),

@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_io.ipynb #c002
 from __future__ import annotations
-import copy, json, os, re, shutil, struct, tempfile, uuid, warnings
+import copy, importlib.util, json, os, re, shutil, struct, tempfile, uuid, warnings
 from pathlib import Path
 import torch
 from safetensors import safe_open
@@ -17,9 +17,9 @@ from .experts import to_checkpoint_keys, from_checkpoint_keys, unfuse_for_checkp
 
 # %% auto #0
 __all__ = ['CONFIG_KEYS', 'CheckpointError', 'normalize_quant_config', 'read_quant_config', 'quantized_state_dict', 'parse_size',
-           'shard_state_dict', 'quant_dict', 'write_model_files', 'move_into_place', 'checkpoint_dtype',
-           'save_quantized', 'read_header', 'checkpoint_files', 'vllm_reasons', 'vllm_compatible', 'model_class',
-           'check_tensors', 'quantized_skeleton', 'from_quantized', 'verify_checkpoint', 'push_to_hub']
+           'shard_state_dict', 'package_version', 'quant_dict', 'write_model_files', 'move_into_place',
+           'checkpoint_dtype', 'save_quantized', 'read_header', 'checkpoint_files', 'vllm_reasons', 'vllm_compatible',
+           'model_class', 'check_tensors', 'quantized_skeleton', 'from_quantized', 'verify_checkpoint', 'push_to_hub']
 
 # %% ../nbs/12_io.ipynb #c002b
 from .generate import install_generate, standard_layout   # the generate set-up of 15_generate (issue 11)
@@ -163,10 +163,14 @@ def _umask_modes(d:Path):
     os.chmod(d, 0o777 & ~um)
     for f in d.rglob("*"): os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~um)
 
+def package_version() -> str:
+    "gptq_nb's version: the `__version__` line of the package's `__init__.py`, read as text (as nbdev and setuptools read it)."
+    init = Path(importlib.util.find_spec("gptq_nb").origin)
+    return re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", init.read_text(), re.MULTILINE)[1]
+
 def quant_dict(config:QuantizeConfig):
     "The `quantize_config.json` of `config` (also `config.json`'s `quantization_config`)."
-    from gptq_nb import __version__
-    return {**config.to_dict(), "pack_dtype": "int32", "meta": {"quantizer": [f"gptq_nb:{__version__}"]}}
+    return {**config.to_dict(), "pack_dtype": "int32", "meta": {"quantizer": [f"gptq_nb:{package_version()}"]}}
 
 def write_model_files(tmp:Path, model, qdict:dict, dtype=None, tokenizer=None):
     "Write everything but the weights into `tmp`: `quantize_config.json`, `config.json`, generation config, tokenizer."
