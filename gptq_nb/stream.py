@@ -10,19 +10,19 @@ from pathlib import Path
 import torch, torch.nn as nn
 from tqdm.auto import tqdm
 from .quant import QuantizeConfig
-from .model import find_blocks, find_linears, find_experts, linear_shape, capture_block_inputs
-from .hessian import HessianHooks
+from .model import find_blocks, find_experts, capture_block_inputs
+from .budget import plan_batch_size
 from .io import (CheckpointError, checkpoint_files, parse_size, quantized_state_dict, model_class, _from_config,
                  quant_dict, write_model_files, move_into_place, _umask_modes, _write_report)
 from .experts import from_checkpoint_keys
 from .quantize import (QuantReport, MIN_CALIBRATION_TOKENS, calibration_batches, plan_layers, _check_coverage,
-                       with_skips, run_block, BlockContext, _close_report, _quantize_lm_head, _default_device, _run,
-                           _Replay, SingleProcess)
+                       with_skips, run_block, BlockContext, _close_report, _quantize_lm_head, _default_device, _Replay,
+                       SingleProcess)
 
 # %% auto #0
-__all__ = ['HEADROOM', 'tensor_index', 'read_tensor', 'write_safetensors', 'concat_safetensors', 'empty_weights', 'load_skeleton',
-           'load_block', 'free_block', 'block_tensors', 'gpu_budget', 'batch_size_for', 'solver_reserve',
-           'plan_batch_size', 'run_settings', 'WorkDir', 'tensor_index_of', 'write_checkpoint', 'quantize_folder']
+__all__ = ['tensor_index', 'read_tensor', 'write_safetensors', 'concat_safetensors', 'empty_weights', 'load_skeleton',
+           'load_block', 'free_block', 'block_tensors', 'run_settings', 'WorkDir', 'tensor_index_of',
+           'write_checkpoint', 'quantize_folder']
 
 # %% ../nbs/16_stream.ipynb #s005
 _DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
@@ -184,53 +184,6 @@ def block_tensors(block:nn.Module, name:str, config:QuantizeConfig, dtype, devic
             m.gptq_result = replace(qw, codes=qw.codes.to(device), scales=qw.scales.to(device), zeros=qw.zeros.to(device),
                                     g_idx=qw.g_idx.to(device))
     return {f"{name}.{k}": v for k, v in quantized_state_dict(block, config, dtype).items()}
-
-# %% ../nbs/16_stream.ipynb #s017
-HEADROOM = 0.65   # the share of the GPU budget the plan fills; the rest is for the allocator's slack and misestimates
-
-def gpu_budget(device, max_gpu_memory=None) -> int:
-    "Bytes the quantizer plans to use on `device`: `max_gpu_memory` (default: the card's memory) times `HEADROOM`."
-    total = parse_size(max_gpu_memory) if max_gpu_memory is not None else torch.cuda.get_device_properties(device).total_memory
-    return int(total * HEADROOM)
-
-def batch_size_for(per_window:int, fixed:int, held:int, reserve:int, budget:int, n:int):
-    "Windows per forward so that `held + reserve + fixed + k·per_window ≤ budget`; `None` when all `n` fit in one."
-    k = int((budget - held - reserve - fixed) // max(per_window, 1))
-    if k >= n: return None
-    if k < 1:
-        g = lambda b: f"{b / 2**30:.2f} GiB"
-        raise MemoryError(f"the GPU budget ({g(budget)} planned) can't hold one calibration window's forward ({g(per_window)}) "
-                          f"next to the block and the calibration activations ({g(held)}) and the solver ({g(reserve)}): "
-                          "raise max_gpu_memory, or use fewer or shorter calibration windows.")
-    return k
-
-def _take(obj, B:int, k:int):
-    "The first `k` of `B` batch rows of every tensor in `obj` (nested tuples/lists/dicts) that has them."
-    if torch.is_tensor(obj): return obj[:k] if obj.ndim and obj.shape[0] == B else obj
-    if isinstance(obj, (list, tuple)): return type(obj)(_take(o, B, k) for o in obj)
-    if isinstance(obj, dict): return {n: _take(v, B, k) for n, v in obj.items()}
-    return obj
-
-def solver_reserve(block:nn.Module) -> int:
-    "Bytes the solver may need at once for this block: two fp32 K×K matrices of the widest input and fp32 copies of stacked weights."
-    shapes = [linear_shape(m) for m in find_linears(block).values()]
-    return 4 * (2 * max(K for K, N in shapes) ** 2 + 6 * max(K * N for K, N in shapes))
-
-@torch.no_grad()
-def plan_batch_size(block:nn.Module, cap:dict, device, max_gpu_memory=None):
-    "Calibration windows per forward that fit the budget (`None`: all in one), from two measured forwards of `block`."
-    dev = torch.device(device); home = next(block.parameters()).device; block.to(dev)
-    try:
-        B = cap["hidden"].shape[0]; args, kwargs = cap["block_args"][0]; peaks = []
-        for k in ((1, 2) if B >= 2 else (1,)):
-            torch.cuda.synchronize(dev); base = torch.cuda.memory_allocated(dev); torch.cuda.reset_peak_memory_stats(dev)
-            with HessianHooks(find_linears(block), dev) as hh:   # the heaviest pass: every linear's input held, every Hessian
-                hh.new_batch(cap["mask"][:k]); _run(block, cap["hidden"][:k], _take(args, B, k), _take(kwargs, B, k))
-            del hh; torch.cuda.synchronize(dev); peaks.append(torch.cuda.max_memory_allocated(dev) - base)
-        per = max(peaks[-1] - peaks[0], 1) if len(peaks) > 1 else peaks[0]
-        held = torch.cuda.memory_allocated(dev) + cap["hidden"].numel() * cap["hidden"].element_size()   # + the outputs
-        return batch_size_for(per, max(peaks[0] - per, 0), held, solver_reserve(block), gpu_budget(dev, max_gpu_memory), B)
-    finally: block.to(home)
 
 # %% ../nbs/16_stream.ipynb #s022
 _FORMAT = 1   # of the work directory
