@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_io.ipynb #c002
 from __future__ import annotations
-import copy, importlib.util, json, os, re, shutil, struct, tempfile, uuid, warnings
+import contextlib, copy, importlib.util, json, os, re, shutil, struct, tempfile, uuid, warnings
 from pathlib import Path
 import torch
 from safetensors import safe_open
@@ -17,9 +17,10 @@ from .experts import to_checkpoint_keys, from_checkpoint_keys, unfuse_for_checkp
 
 # %% auto #0
 __all__ = ['CONFIG_KEYS', 'CheckpointError', 'normalize_quant_config', 'read_quant_config', 'quantized_state_dict', 'parse_size',
-           'shard_state_dict', 'package_version', 'quant_dict', 'write_model_files', 'move_into_place',
-           'checkpoint_dtype', 'save_quantized', 'read_header', 'checkpoint_files', 'vllm_reasons', 'vllm_compatible',
-           'model_class', 'check_tensors', 'quantized_skeleton', 'from_quantized', 'verify_checkpoint', 'push_to_hub']
+           'shard_state_dict', 'package_version', 'quant_dict', 'write_model_files', 'move_into_place', 'shard_names',
+           'write_index', 'staged_dir', 'checkpoint_dtype', 'save_quantized', 'read_header', 'checkpoint_files',
+           'vllm_reasons', 'vllm_compatible', 'model_class', 'check_tensors', 'quantized_skeleton', 'from_quantized',
+           'verify_checkpoint', 'push_to_hub']
 
 # %% ../nbs/12_io.ipynb #c002b
 from .generate import install_generate, standard_layout   # the generate set-up of 15_generate (issue 11)
@@ -195,6 +196,27 @@ def move_into_place(tmp:Path, save_dir:Path):
     os.rename(tmp, save_dir)
     if old is not None: shutil.rmtree(old, ignore_errors=True)
 
+def shard_names(n:int) -> list:
+    "File names of a checkpoint's `n` weight shards, as transformers names them."
+    return ["model.safetensors"] if n == 1 else [f"model-{i+1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+
+def write_index(d:Path, weight_map:dict, total_size:int):
+    "Write `d/model.safetensors.index.json`: the shard holding each tensor, and the tensors' total bytes."
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total_size}, "weight_map": weight_map}, indent=2, sort_keys=True))
+
+@contextlib.contextmanager
+def staged_dir(save_dir):
+    "A temporary folder beside `save_dir` to write a checkpoint into: renamed to `save_dir` (plain modes) if the `with` body succeeds, removed if it fails."
+    save_dir = Path(save_dir); save_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.tmp-", dir=save_dir.parent))
+    try:
+        yield tmp
+        _umask_modes(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True); raise
+    move_into_place(tmp, save_dir)
+
 def checkpoint_dtype(model, dtype=None):
     "The dtype of a checkpoint's unquantized tensors: `dtype` if given, else the original `config.json`'s, else the model's 16-bit dtype, else float16."
     if dtype is not None: return dtype
@@ -216,26 +238,17 @@ def save_quantized(model, save_dir, config:QuantizeConfig|None=None, tokenizer=N
     qdict = quant_dict(config)
     _compat_warnings(shapes, qdict)
     dtype = checkpoint_dtype(model, dtype)
-    save_dir = Path(save_dir); save_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.tmp-", dir=save_dir.parent))
-    try:
+    with staged_dir(save_dir) as tmp:
         with standard_layout(model): sd = quantized_state_dict(model, config, dtype)   # merged by generate's set-up: the file keeps the separate layers
         shards = shard_state_dict(sd, parse_size(max_shard_size))
-        names = (["model.safetensors"] if len(shards) == 1 else
-                 [f"model-{i+1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+        names = shard_names(len(shards))
         for fname, shard in zip(names, shards): save_file(shard, str(tmp / fname), metadata={"format": "pt"})
         _write_report(report, tmp)
         others = [p for p in tmp.glob("*.safetensors") if p.name not in names]   # e.g. the report's tensors
         if len(shards) > 1 or others:   # an index tells loaders that glob *.safetensors (vLLM) which files are weights
-            index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in sd.values())},
-                     "weight_map": {k: f for f, s in zip(names, shards) for k in s}}
-            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
+            write_index(tmp, {k: f for f, s in zip(names, shards) for k in s}, sum(v.numel() * v.element_size() for v in sd.values()))
         write_model_files(tmp, model, qdict, dtype, tokenizer)
-        _umask_modes(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
-    move_into_place(tmp, save_dir)
-    return save_dir
+    return Path(save_dir)
 
 # %% ../nbs/12_io.ipynb #c015
 _ST_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,

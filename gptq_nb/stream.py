@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_stream.ipynb #s002
 from __future__ import annotations
-import contextlib, ctypes, gc, hashlib, json, os, shutil, struct, tempfile, threading, time, uuid
+import contextlib, ctypes, gc, hashlib, json, os, shutil, struct, threading, time, uuid
 from dataclasses import replace
 from pathlib import Path
 import torch, torch.nn as nn
@@ -13,11 +13,11 @@ from .quant import QuantizeConfig
 from .model import find_blocks, find_experts, capture_block_inputs
 from .budget import plan_batch_size
 from .io import (CheckpointError, checkpoint_files, parse_size, quantized_state_dict, model_class, _from_config,
-                 quant_dict, write_model_files, move_into_place, _umask_modes, _write_report)
+                 quant_dict, write_model_files, staged_dir, shard_names, write_index, _write_report)
 from .experts import from_checkpoint_keys
 from .quantize import (QuantReport, MIN_CALIBRATION_TOKENS, calibration_batches, plan_layers, _check_coverage,
-                       with_skips, run_block, BlockContext, _close_report, _quantize_lm_head, _default_device, _Replay,
-                       SingleProcess)
+                              with_skips, run_block, BlockContext, _new_report, _close_report, _quantize_lm_head,
+                              _default_device, _Replay, SingleProcess)
 
 # %% auto #0
 __all__ = ['tensor_index', 'read_tensor', 'write_safetensors', 'concat_safetensors', 'empty_weights', 'load_skeleton',
@@ -284,7 +284,6 @@ _TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "vocab*", "merges.t
 def write_checkpoint(work:WorkDir, n_blocks:int, rest:dict, model, config:QuantizeConfig, save_dir, source, dtype,
                      tokenizer=None, report=None, max_shard_size="4GB"):
     "Join the finished block files and `rest` into GPTQ shards with index and configs, renamed into `save_dir` at the end."
-    save_dir = Path(save_dir); save_dir.parent.mkdir(parents=True, exist_ok=True)
     write_safetensors(work.path / "rest.safetensors", rest, {"format": "pt"})
     files = [work.block_file(i) for i in range(n_blocks)] + [work.path / "rest.safetensors"]
     groups, cur, size, limit = [], [], 0, parse_size(max_shard_size)
@@ -293,26 +292,18 @@ def write_checkpoint(work:WorkDir, n_blocks:int, rest:dict, model, config:Quanti
         if cur and size + n > limit: groups.append(cur); cur, size = [], 0
         cur.append(f); size += n
     groups.append(cur)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.tmp-", dir=save_dir.parent))
-    try:
-        names = (["model.safetensors"] if len(groups) == 1 else
-                 [f"model-{i+1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))])
-        wmap, total = {}, 0
+    with staged_dir(save_dir) as tmp:
+        names, wmap, total = shard_names(len(groups)), {}, 0
         for fname, g in zip(names, groups):
             h = concat_safetensors(g, tmp / fname, {"format": "pt"})
             wmap.update({k: fname for k in h if k != "__metadata__"})
             total += sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in h.items() if k != "__metadata__")
         _write_report(report, tmp)
-        (tmp / "model.safetensors.index.json").write_text(json.dumps(
-            {"metadata": {"total_size": total}, "weight_map": wmap}, indent=2, sort_keys=True))
+        write_index(tmp, wmap, total)
         for pat in _TOKENIZER_FILES:
             for f in Path(source).glob(pat): shutil.copy2(f, tmp / f.name)
         write_model_files(tmp, model, quant_dict(config), dtype, tokenizer)
-        _umask_modes(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
-    move_into_place(tmp, save_dir)
-    return save_dir
+    return Path(save_dir)
 
 def _outside_blocks(model, prefix, blocks, config, dtype):
     "The checkpoint tensors outside the decoder blocks (embeddings, norms, the head, packed if quantized)."
@@ -323,6 +314,22 @@ def _outside_blocks(model, prefix, blocks, config, dtype):
         for i, b in enumerate(orig): blocks[i] = b
 
 # %% ../nbs/16_stream.ipynb #s028
+def _stream_block(base:BlockContext, bi:int, block, index:dict, caps:list, skip:dict, work:WorkDir, stored, device, dtype):
+    "Block `bi`'s turn from the files: read, quantized (`run_block`), packed (by rank 0), freed, and committed to `work`."
+    name, report, before, tb = f"{base.prefix}.{bi}", base.report, set(skip), time.perf_counter()
+    n_rows = len(report.rows)
+    load_block(block, name, index, device, dtype)
+    run_block(base, bi, block, caps, skip, device)
+    _crash_hook(bi, "in")
+    tensors = block_tensors(block, name, base.config, stored, device) if base.parallel.rank == 0 else None   # rank 0 writes
+    free_block(block)
+    rows = report.rows[n_rows:]
+    work.commit(bi, tensors, rows, {r["name"]: report.layers[r["name"]] for r in rows},
+                {k: v for k, v in skip.items() if k not in before}, [c["hidden"] for c in caps])
+    del tensors
+    if os.environ.get("GPTQ_NB_CRASH", "").startswith("after:"): work.wait(); _crash_hook(bi, "after")
+    report.summary.setdefault("block_seconds", []).append(round(time.perf_counter() - tb, 3))
+
 def quantize_folder(folder, calibration, config:QuantizeConfig|None=None, save_dir=None, tokenizer=None, device=None,
                     work_dir=None, max_gpu_memory=None, dtype=None, max_shard_size="4GB", callback=None, store_dir=None,
                     progress:bool=True, experts_all_tokens:bool=False, min_expert_tokens:int=MIN_CALIBRATION_TOKENS,
@@ -353,8 +360,7 @@ def quantize_folder(folder, calibration, config:QuantizeConfig|None=None, save_d
     settings = run_settings(folder, index, config, batches, dtype, device, max_gpu_memory, moe)
     if par.world > 1: settings["ranks"] = par.world   # each rank keeps its own inputs, in its own folder
     work = WorkDir(home / f"rank{par.rank}-of-{par.world}" if par.world > 1 else home, settings, 1 if par.world == 1 else 2)
-    report = QuantReport(config, summary=dict(model=str(folder), blocks=len(blocks), calibration_samples=sum(len(b[0]) for b in batches),
-                                              calibration_tokens=n_tok, device=str(device), coverage=coverage))
+    report = _new_report(model, config, blocks, batches, n_tok, device, coverage)   # names the folder (the skeleton's _name_or_path)
     if not work.state["planned"] and config.batch_size is None and device.type == "cuda" and par.world == 1:
         caps = capture_block_inputs(model, batches, device)
         bs = plan_batch_size(load_block(blocks[0], f"{prefix}.0", index, device, dtype), caps[0], device, max_gpu_memory)
@@ -369,18 +375,7 @@ def quantize_folder(folder, calibration, config:QuantizeConfig|None=None, save_d
                         parallel=par)
     bar = tqdm(total=len(blocks), initial=work.done, desc="GPTQ blocks (from files)", disable=not progress)
     for bi in range(work.done, len(blocks)):
-        name, n_rows, before, tb = f"{prefix}.{bi}", len(report.rows), set(skip), time.perf_counter()
-        load_block(blocks[bi], name, index, device, dtype)
-        run_block(base, bi, blocks[bi], caps, skip, device)
-        _crash_hook(bi, "in")
-        tensors = block_tensors(blocks[bi], name, qconfig, stored, device) if par.rank == 0 else None   # rank 0 writes
-        free_block(blocks[bi])
-        rows = report.rows[n_rows:]
-        work.commit(bi, tensors, rows, {r["name"]: report.layers[r["name"]] for r in rows},
-                    {k: v for k, v in skip.items() if k not in before}, [c["hidden"] for c in caps])
-        del tensors
-        if os.environ.get("GPTQ_NB_CRASH", "").startswith("after:"): work.wait(); _crash_hook(bi, "after")
-        report.summary.setdefault("block_seconds", []).append(round(time.perf_counter() - tb, 3))
+        _stream_block(base, bi, blocks[bi], index, caps, skip, work, stored, device, dtype)
         bar.update(1); bar.set_postfix_str(_mem())
     bar.close(); work.wait()
     if config.lm_head: _quantize_lm_head(model, mine, caps, config, report, device, par)
