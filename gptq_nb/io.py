@@ -16,11 +16,11 @@ from .qlinear import QuantLinear, MergedProjection, _set_module
 from .experts import to_checkpoint_keys, from_checkpoint_keys, unfuse_for_checkpoint   # MoE (notebook 17)
 
 # %% auto #0
-__all__ = ['CONFIG_KEYS', 'CheckpointError', 'normalize_quant_config', 'read_quant_config', 'quantized_state_dict', 'parse_size',
-           'shard_state_dict', 'package_version', 'quant_dict', 'write_model_files', 'move_into_place', 'shard_names',
-           'write_index', 'staged_dir', 'checkpoint_dtype', 'save_quantized', 'read_header', 'checkpoint_files',
-           'vllm_reasons', 'vllm_compatible', 'model_class', 'check_tensors', 'quantized_skeleton', 'from_quantized',
-           'verify_checkpoint', 'push_to_hub']
+__all__ = ['CONFIG_KEYS', 'SAFETENSORS_DTYPES', 'CheckpointError', 'normalize_quant_config', 'read_quant_config',
+           'quantized_state_dict', 'parse_size', 'shard_state_dict', 'package_version', 'quant_dict',
+           'write_model_files', 'move_into_place', 'shard_names', 'write_index', 'staged_dir', 'checkpoint_dtype',
+           'save_quantized', 'safetensors_header', 'read_header', 'checkpoint_files', 'vllm_reasons', 'vllm_compatible',
+           'model_class', 'check_tensors', 'quantized_skeleton', 'from_quantized', 'verify_checkpoint', 'push_to_hub']
 
 # %% ../nbs/12_io.ipynb #c002b
 from .generate import install_generate, standard_layout   # the generate set-up of 15_generate (issue 11)
@@ -251,12 +251,12 @@ def save_quantized(model, save_dir, config:QuantizeConfig|None=None, tokenizer=N
     return Path(save_dir)
 
 # %% ../nbs/12_io.ipynb #c015
-_ST_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
-              "I32": torch.int32, "I64": torch.int64, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool}
+SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 
-def read_header(path):
-    "`{tensor: (shape, dtype)}` from a safetensors file's header; `CheckpointError` if the file is truncated or corrupt."
+def safetensors_header(path) -> tuple:
+    "`(header length, {tensor: its header entry})` of a safetensors file; `CheckpointError` if the file is truncated or corrupt."
     path = Path(path); size = path.stat().st_size
     with open(path, "rb") as f:
         raw = f.read(8)
@@ -265,14 +265,17 @@ def read_header(path):
         if 8 + n > size: raise CheckpointError(f"{path.name}: file is truncated inside its header ({size} bytes): re-download or re-save it.")
         try: header = json.loads(f.read(n))
         except ValueError: raise CheckpointError(f"{path.name}: header is not valid JSON: the file is corrupt; re-download or re-save it.") from None
-    header.pop("__metadata__", None); out = {}
+    header.pop("__metadata__", None)
     for k, v in header.items():
         start, end = v["data_offsets"]
         if 8 + n + end > size:
             raise CheckpointError(f"{path.name}: file is truncated: tensor {k!r} needs bytes up to {8 + n + end} but the "
                                   f"file has {size}; re-download or re-save it.")
-        out[k] = (tuple(v["shape"]), _ST_DTYPES.get(v["dtype"], v["dtype"]))
-    return out
+    return n, header
+
+def read_header(path):
+    "`{tensor: (shape, dtype)}` from a safetensors file's header (a dtype torch lacks stays its name); `CheckpointError` if the file is truncated or corrupt."
+    return {k: (tuple(v["shape"]), SAFETENSORS_DTYPES.get(v["dtype"], v["dtype"])) for k, v in safetensors_header(path)[1].items()}
 
 def checkpoint_files(ckpt_dir):
     "`{tensor: file}` of a checkpoint directory (index json, a single file, or AutoGPTQ's `gptq_model-*.safetensors`)."

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .quant import QuantizeConfig
 from .model import find_blocks, find_experts, capture_block_inputs
 from .budget import plan_batch_size
-from .io import (CheckpointError, checkpoint_files, parse_size, quantized_state_dict, model_class, _from_config,
+from .io import (CheckpointError, SAFETENSORS_DTYPES, safetensors_header, checkpoint_files, parse_size, quantized_state_dict, model_class, _from_config,
                  quant_dict, write_model_files, staged_dir, shard_names, write_index, _write_report)
 from .experts import from_checkpoint_keys
 from .quantize import (QuantReport, MIN_CALIBRATION_TOKENS, calibration_batches, plan_layers, _check_coverage,
@@ -20,32 +20,26 @@ from .quantize import (QuantReport, MIN_CALIBRATION_TOKENS, calibration_batches,
                               _default_device, _Replay, SingleProcess)
 
 # %% auto #0
-__all__ = ['tensor_index', 'read_tensor', 'write_safetensors', 'concat_safetensors', 'empty_weights', 'load_skeleton',
-           'load_block', 'free_block', 'block_tensors', 'run_settings', 'WorkDir', 'tensor_index_of',
-           'write_checkpoint', 'quantize_folder']
+__all__ = ['tensor_index_of', 'tensor_index', 'read_tensor', 'write_safetensors', 'concat_safetensors', 'empty_weights',
+           'load_skeleton', 'load_block', 'free_block', 'block_tensors', 'run_settings', 'WorkDir', 'write_checkpoint',
+           'quantize_folder']
 
 # %% ../nbs/16_stream.ipynb #s005
-_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
-_NAMES = {v: k for k, v in _DTYPES.items()}
+_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}   # torch dtype -> its safetensors name
 
-def _header(f):
-    "`(header length, header dict)` of one safetensors file."
-    with open(f, "rb") as fh:
-        n = struct.unpack("<Q", fh.read(8))[0]; h = json.loads(fh.read(n))
-    h.pop("__metadata__", None)
-    return n, h
+def tensor_index_of(f) -> dict:
+    "`{name: (file, dtype, shape, start, end)}` of one safetensors file's tensors, with absolute byte offsets."
+    n, h = safetensors_header(f); out = {}
+    for k, v in h.items():
+        if v["dtype"] not in SAFETENSORS_DTYPES: raise CheckpointError(f"{Path(f).name}: tensor {k!r} has dtype {v['dtype']}, which gptq_nb can't read.")
+        a, b = v["data_offsets"]
+        out[k] = (Path(f), SAFETENSORS_DTYPES[v["dtype"]], tuple(v["shape"]), 8 + n + a, 8 + n + b)
+    return out
 
 def tensor_index(folder) -> dict:
-    "`{name: (file, dtype, shape, start, end)}` of every tensor in `folder`'s safetensors, with absolute byte offsets."
+    "`tensor_index_of` every safetensors file of the checkpoint `folder` (sharded or not)."
     out = {}
-    for f in sorted(set(checkpoint_files(folder).values())):   # validates the files (truncation, index)
-        n, h = _header(f)
-        for k, v in h.items():
-            if v["dtype"] not in _DTYPES: raise CheckpointError(f"{f.name}: tensor {k!r} has dtype {v['dtype']}, which gptq_nb can't read.")
-            a, b = v["data_offsets"]
-            out[k] = (Path(f), _DTYPES[v["dtype"]], tuple(v["shape"]), 8 + n + a, 8 + n + b)
+    for f in sorted(set(checkpoint_files(folder).values())): out.update(tensor_index_of(f))   # validates the files (truncation, index)
     return out
 
 def read_tensor(entry, device="cpu", dtype=None):
@@ -83,7 +77,7 @@ def concat_safetensors(files:list, out, metadata:dict|None=None, chunk:int=1 << 
     "One safetensors file `out` holding every tensor of `files`, copied byte for byte (no tensor passes through memory)."
     header, parts, off = {}, [], 0
     for f in files:
-        n, h = _header(f)
+        n, h = safetensors_header(f)
         size = max((v["data_offsets"][1] for v in h.values()), default=0)
         for k, v in h.items():
             if k in header: raise ValueError(f"tensor {k!r} is in two of the files being joined ({f}).")
@@ -260,12 +254,6 @@ class WorkDir:
         if self.done:
             idx = tensor_index_of(self._inputs(self.done))
             for j, c in enumerate(caps): c["hidden"] = read_tensor(idx[f"hidden.{j}"], device)
-
-def tensor_index_of(f):
-    "`tensor_index` of one safetensors file."
-    n, h = _header(f)
-    return {k: (Path(f), _DTYPES[v["dtype"]], tuple(v["shape"]), 8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1])
-            for k, v in h.items()}
 
 # %% ../nbs/16_stream.ipynb #s026
 def _mem():
