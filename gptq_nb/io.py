@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_io.ipynb #c002
 from __future__ import annotations
-import copy, json, os, re, shutil, struct, tempfile, uuid, warnings
+import contextlib, copy, importlib.util, json, os, re, shutil, struct, tempfile, uuid, warnings
 from pathlib import Path
 import torch
 from safetensors import safe_open
@@ -16,10 +16,11 @@ from .qlinear import QuantLinear, MergedProjection, _set_module
 from .experts import to_checkpoint_keys, from_checkpoint_keys, unfuse_for_checkpoint   # MoE (notebook 17)
 
 # %% auto #0
-__all__ = ['CONFIG_KEYS', 'CheckpointError', 'normalize_quant_config', 'read_quant_config', 'quantized_state_dict', 'parse_size',
-           'shard_state_dict', 'quant_dict', 'write_model_files', 'move_into_place', 'checkpoint_dtype',
-           'save_quantized', 'read_header', 'checkpoint_files', 'vllm_reasons', 'vllm_compatible', 'model_class',
-           'check_tensors', 'quantized_skeleton', 'from_quantized', 'verify_checkpoint', 'push_to_hub']
+__all__ = ['CONFIG_KEYS', 'SAFETENSORS_DTYPES', 'CheckpointError', 'normalize_quant_config', 'read_quant_config',
+           'quantized_state_dict', 'parse_size', 'shard_state_dict', 'package_version', 'quant_dict',
+           'write_model_files', 'move_into_place', 'shard_names', 'write_index', 'staged_dir', 'checkpoint_dtype',
+           'save_quantized', 'safetensors_header', 'read_header', 'checkpoint_files', 'vllm_reasons', 'vllm_compatible',
+           'model_class', 'check_tensors', 'quantized_skeleton', 'from_quantized', 'verify_checkpoint', 'push_to_hub']
 
 # %% ../nbs/12_io.ipynb #c002b
 from .generate import install_generate, standard_layout   # the generate set-up of 15_generate (issue 11)
@@ -163,10 +164,14 @@ def _umask_modes(d:Path):
     os.chmod(d, 0o777 & ~um)
     for f in d.rglob("*"): os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~um)
 
+def package_version() -> str:
+    "gptq_nb's version: the `__version__` line of the package's `__init__.py`, read as text (as nbdev and setuptools read it)."
+    init = Path(importlib.util.find_spec("gptq_nb").origin)
+    return re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", init.read_text(), re.MULTILINE)[1]
+
 def quant_dict(config:QuantizeConfig):
     "The `quantize_config.json` of `config` (also `config.json`'s `quantization_config`)."
-    from gptq_nb import __version__
-    return {**config.to_dict(), "pack_dtype": "int32", "meta": {"quantizer": [f"gptq_nb:{__version__}"]}}
+    return {**config.to_dict(), "pack_dtype": "int32", "meta": {"quantizer": [f"gptq_nb:{package_version()}"]}}
 
 def write_model_files(tmp:Path, model, qdict:dict, dtype=None, tokenizer=None):
     "Write everything but the weights into `tmp`: `quantize_config.json`, `config.json`, generation config, tokenizer."
@@ -191,6 +196,27 @@ def move_into_place(tmp:Path, save_dir:Path):
     os.rename(tmp, save_dir)
     if old is not None: shutil.rmtree(old, ignore_errors=True)
 
+def shard_names(n:int) -> list:
+    "File names of a checkpoint's `n` weight shards, as transformers names them."
+    return ["model.safetensors"] if n == 1 else [f"model-{i+1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+
+def write_index(d:Path, weight_map:dict, total_size:int):
+    "Write `d/model.safetensors.index.json`: the shard holding each tensor, and the tensors' total bytes."
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total_size}, "weight_map": weight_map}, indent=2, sort_keys=True))
+
+@contextlib.contextmanager
+def staged_dir(save_dir):
+    "A temporary folder beside `save_dir` to write a checkpoint into: renamed to `save_dir` (plain modes) if the `with` body succeeds, removed if it fails."
+    save_dir = Path(save_dir); save_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.tmp-", dir=save_dir.parent))
+    try:
+        yield tmp
+        _umask_modes(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True); raise
+    move_into_place(tmp, save_dir)
+
 def checkpoint_dtype(model, dtype=None):
     "The dtype of a checkpoint's unquantized tensors: `dtype` if given, else the original `config.json`'s, else the model's 16-bit dtype, else float16."
     if dtype is not None: return dtype
@@ -212,34 +238,25 @@ def save_quantized(model, save_dir, config:QuantizeConfig|None=None, tokenizer=N
     qdict = quant_dict(config)
     _compat_warnings(shapes, qdict)
     dtype = checkpoint_dtype(model, dtype)
-    save_dir = Path(save_dir); save_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.tmp-", dir=save_dir.parent))
-    try:
+    with staged_dir(save_dir) as tmp:
         with standard_layout(model): sd = quantized_state_dict(model, config, dtype)   # merged by generate's set-up: the file keeps the separate layers
         shards = shard_state_dict(sd, parse_size(max_shard_size))
-        names = (["model.safetensors"] if len(shards) == 1 else
-                 [f"model-{i+1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+        names = shard_names(len(shards))
         for fname, shard in zip(names, shards): save_file(shard, str(tmp / fname), metadata={"format": "pt"})
         _write_report(report, tmp)
         others = [p for p in tmp.glob("*.safetensors") if p.name not in names]   # e.g. the report's tensors
         if len(shards) > 1 or others:   # an index tells loaders that glob *.safetensors (vLLM) which files are weights
-            index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in sd.values())},
-                     "weight_map": {k: f for f, s in zip(names, shards) for k in s}}
-            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
+            write_index(tmp, {k: f for f, s in zip(names, shards) for k in s}, sum(v.numel() * v.element_size() for v in sd.values()))
         write_model_files(tmp, model, qdict, dtype, tokenizer)
-        _umask_modes(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
-    move_into_place(tmp, save_dir)
-    return save_dir
+    return Path(save_dir)
 
 # %% ../nbs/12_io.ipynb #c015
-_ST_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
-              "I32": torch.int32, "I64": torch.int64, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool}
+SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 
-def read_header(path):
-    "`{tensor: (shape, dtype)}` from a safetensors file's header; `CheckpointError` if the file is truncated or corrupt."
+def safetensors_header(path) -> tuple:
+    "`(header length, {tensor: its header entry})` of a safetensors file; `CheckpointError` if the file is truncated or corrupt."
     path = Path(path); size = path.stat().st_size
     with open(path, "rb") as f:
         raw = f.read(8)
@@ -248,14 +265,17 @@ def read_header(path):
         if 8 + n > size: raise CheckpointError(f"{path.name}: file is truncated inside its header ({size} bytes): re-download or re-save it.")
         try: header = json.loads(f.read(n))
         except ValueError: raise CheckpointError(f"{path.name}: header is not valid JSON: the file is corrupt; re-download or re-save it.") from None
-    header.pop("__metadata__", None); out = {}
+    header.pop("__metadata__", None)
     for k, v in header.items():
         start, end = v["data_offsets"]
         if 8 + n + end > size:
             raise CheckpointError(f"{path.name}: file is truncated: tensor {k!r} needs bytes up to {8 + n + end} but the "
                                   f"file has {size}; re-download or re-save it.")
-        out[k] = (tuple(v["shape"]), _ST_DTYPES.get(v["dtype"], v["dtype"]))
-    return out
+    return n, header
+
+def read_header(path):
+    "`{tensor: (shape, dtype)}` from a safetensors file's header (a dtype torch lacks stays its name); `CheckpointError` if the file is truncated or corrupt."
+    return {k: (tuple(v["shape"]), SAFETENSORS_DTYPES.get(v["dtype"], v["dtype"])) for k, v in safetensors_header(path)[1].items()}
 
 def checkpoint_files(ckpt_dir):
     "`{tensor: file}` of a checkpoint directory (index json, a single file, or AutoGPTQ's `gptq_model-*.safetensors`)."

@@ -15,7 +15,7 @@ from .quant import QuantizeConfig
 __all__ = ['TINY_ARCHS', 'MOE_ARCHS', 'EXPERT_PARAMS', 'is_linear', 'linear_weight', 'set_linear_weight', 'linear_shape',
            'tiny_causal_lm', 'tiny_moe_lm', 'find_blocks', 'find_linears', 'quantizable_linears', 'ExpertsSpec',
            'experts_spec', 'find_experts', 'expert_of', 'find_routers', 'unpackable', 'check_causal_lm', 'StopForward',
-           'stop_before', 'to_device', 'capture_block_inputs', 'probe_block', 'find_stages']
+           'stop_before', 'to_device', 'first_rows', 'capture_block_inputs', 'probe_block', 'find_stages']
 
 # %% ../nbs/04_model.ipynb #c005
 def is_linear(m:nn.Module, packed:bool=False):
@@ -239,6 +239,13 @@ def to_device(obj, device):
     if torch.is_tensor(obj): return obj.to(device)
     if isinstance(obj, (list, tuple)): return type(obj)(to_device(o, device) for o in obj)
     if isinstance(obj, dict): return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
+
+def first_rows(obj, B:int, k:int):
+    "The first `k` of `B` batch rows of every tensor in `obj` (nested tuples/lists/dicts) that has them; other tensors as they are."
+    if torch.is_tensor(obj): return obj[:k] if obj.ndim and obj.shape[0] == B else obj
+    if isinstance(obj, (list, tuple)): return type(obj)(first_rows(o, B, k) for o in obj)
+    if isinstance(obj, dict): return {n: first_rows(v, B, k) for n, v in obj.items()}
     return obj
 
 class _Recorder(nn.Module):

@@ -17,6 +17,8 @@ from .qronos import solve_method
 from .model import (find_blocks, find_linears, capture_block_inputs, linear_weight, set_linear_weight, linear_shape,
                            StopForward, stop_before)
 from .model import probe_block, find_experts, find_routers, expert_of, unpackable, check_causal_lm, quantizable_linears
+from .model import first_rows
+from .budget import plan_batch_size
 from .experts import MoEExperts, unfuse_experts, planned_expert_linears
 
 # %% auto #0
@@ -423,7 +425,6 @@ def run_block(base:BlockContext, bi:int, block, caps:list, skip:dict, device, fp
 def fit_batch_size(block, caps:list, device, max_gpu_memory=None, batch_size=None):
     "The calibration batch size that fits the GPU budget, or `None` when one batch fits (or on a CPU, or `batch_size` set)."
     if batch_size is not None or torch.device(device).type != "cuda" or len(caps) != 1: return None
-    from gptq_nb.stream import plan_batch_size   # the GPU memory budget (notebook 16)
     return plan_batch_size(block, caps[0], device, max_gpu_memory)
 
 def _check_inputs(model, expert_fallback:str):
@@ -518,17 +519,11 @@ def quantize(model:nn.Module|str|os.PathLike,  # a Hugging Face causal LM (modif
     return report
 
 # %% ../nbs/05_quantize.ipynb #c018
-def _slice_batch(obj, B):
-    if torch.is_tensor(obj): return obj[:1] if obj.ndim and obj.shape[0] == B and B > 1 else obj
-    if isinstance(obj, (list, tuple)): return type(obj)(_slice_batch(o, B) for o in obj)
-    if isinstance(obj, dict): return {k: _slice_batch(v, B) for k, v in obj.items()}
-    return obj
-
 def _probe_stages(block, cap, bi):
     "`(stages, rows, tokens)` of block `bi` from one calibration window (or the whole first batch)."
     args, kwargs = cap["block_args"][bi]
     B = cap["hidden"].shape[0]
-    try: return (*probe_block(block, cap["hidden"][:1], _slice_batch(args, B), _slice_batch(kwargs, B)), cap["hidden"][:1].shape[:-1].numel())
+    try: return (*probe_block(block, cap["hidden"][:1], first_rows(args, B, 1), first_rows(kwargs, B, 1)), cap["hidden"][:1].shape[:-1].numel())
     except Exception: return (*probe_block(block, cap["hidden"], args, kwargs), cap["hidden"].shape[:-1].numel())
 
 # %% ../nbs/05_quantize.ipynb #c020

@@ -4,48 +4,42 @@
 
 # %% ../nbs/16_stream.ipynb #s002
 from __future__ import annotations
-import contextlib, ctypes, gc, hashlib, json, os, shutil, struct, tempfile, threading, time, uuid
+import contextlib, ctypes, gc, hashlib, json, os, shutil, struct, threading, time, uuid
 from dataclasses import replace
 from pathlib import Path
 import torch, torch.nn as nn
 from tqdm.auto import tqdm
 from .quant import QuantizeConfig
-from .model import find_blocks, find_linears, find_experts, linear_shape, capture_block_inputs
-from .hessian import HessianHooks
-from .io import (CheckpointError, checkpoint_files, parse_size, quantized_state_dict, model_class, _from_config,
-                 quant_dict, write_model_files, move_into_place, _umask_modes, _write_report)
+from .model import find_blocks, find_experts, capture_block_inputs
+from .budget import plan_batch_size
+from .io import (CheckpointError, SAFETENSORS_DTYPES, safetensors_header, checkpoint_files, parse_size, quantized_state_dict, model_class, _from_config,
+                 quant_dict, write_model_files, staged_dir, shard_names, write_index, _write_report)
 from .experts import from_checkpoint_keys
 from .quantize import (QuantReport, MIN_CALIBRATION_TOKENS, calibration_batches, plan_layers, _check_coverage,
-                       with_skips, run_block, BlockContext, _close_report, _quantize_lm_head, _default_device, _run,
-                           _Replay, SingleProcess)
+                              with_skips, run_block, BlockContext, _new_report, _close_report, _quantize_lm_head,
+                              _default_device, _Replay, SingleProcess)
 
 # %% auto #0
-__all__ = ['HEADROOM', 'tensor_index', 'read_tensor', 'write_safetensors', 'concat_safetensors', 'empty_weights', 'load_skeleton',
-           'load_block', 'free_block', 'block_tensors', 'gpu_budget', 'batch_size_for', 'solver_reserve',
-           'plan_batch_size', 'run_settings', 'WorkDir', 'tensor_index_of', 'write_checkpoint', 'quantize_folder']
+__all__ = ['tensor_index_of', 'tensor_index', 'read_tensor', 'write_safetensors', 'concat_safetensors', 'empty_weights',
+           'load_skeleton', 'load_block', 'free_block', 'block_tensors', 'run_settings', 'WorkDir', 'write_checkpoint',
+           'quantize_folder']
 
 # %% ../nbs/16_stream.ipynb #s005
-_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
-_NAMES = {v: k for k, v in _DTYPES.items()}
+_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}   # torch dtype -> its safetensors name
 
-def _header(f):
-    "`(header length, header dict)` of one safetensors file."
-    with open(f, "rb") as fh:
-        n = struct.unpack("<Q", fh.read(8))[0]; h = json.loads(fh.read(n))
-    h.pop("__metadata__", None)
-    return n, h
+def tensor_index_of(f) -> dict:
+    "`{name: (file, dtype, shape, start, end)}` of one safetensors file's tensors, with absolute byte offsets."
+    n, h = safetensors_header(f); out = {}
+    for k, v in h.items():
+        if v["dtype"] not in SAFETENSORS_DTYPES: raise CheckpointError(f"{Path(f).name}: tensor {k!r} has dtype {v['dtype']}, which gptq_nb can't read.")
+        a, b = v["data_offsets"]
+        out[k] = (Path(f), SAFETENSORS_DTYPES[v["dtype"]], tuple(v["shape"]), 8 + n + a, 8 + n + b)
+    return out
 
 def tensor_index(folder) -> dict:
-    "`{name: (file, dtype, shape, start, end)}` of every tensor in `folder`'s safetensors, with absolute byte offsets."
+    "`tensor_index_of` every safetensors file of the checkpoint `folder` (sharded or not)."
     out = {}
-    for f in sorted(set(checkpoint_files(folder).values())):   # validates the files (truncation, index)
-        n, h = _header(f)
-        for k, v in h.items():
-            if v["dtype"] not in _DTYPES: raise CheckpointError(f"{f.name}: tensor {k!r} has dtype {v['dtype']}, which gptq_nb can't read.")
-            a, b = v["data_offsets"]
-            out[k] = (Path(f), _DTYPES[v["dtype"]], tuple(v["shape"]), 8 + n + a, 8 + n + b)
+    for f in sorted(set(checkpoint_files(folder).values())): out.update(tensor_index_of(f))   # validates the files (truncation, index)
     return out
 
 def read_tensor(entry, device="cpu", dtype=None):
@@ -83,7 +77,7 @@ def concat_safetensors(files:list, out, metadata:dict|None=None, chunk:int=1 << 
     "One safetensors file `out` holding every tensor of `files`, copied byte for byte (no tensor passes through memory)."
     header, parts, off = {}, [], 0
     for f in files:
-        n, h = _header(f)
+        n, h = safetensors_header(f)
         size = max((v["data_offsets"][1] for v in h.values()), default=0)
         for k, v in h.items():
             if k in header: raise ValueError(f"tensor {k!r} is in two of the files being joined ({f}).")
@@ -185,53 +179,6 @@ def block_tensors(block:nn.Module, name:str, config:QuantizeConfig, dtype, devic
                                     g_idx=qw.g_idx.to(device))
     return {f"{name}.{k}": v for k, v in quantized_state_dict(block, config, dtype).items()}
 
-# %% ../nbs/16_stream.ipynb #s017
-HEADROOM = 0.65   # the share of the GPU budget the plan fills; the rest is for the allocator's slack and misestimates
-
-def gpu_budget(device, max_gpu_memory=None) -> int:
-    "Bytes the quantizer plans to use on `device`: `max_gpu_memory` (default: the card's memory) times `HEADROOM`."
-    total = parse_size(max_gpu_memory) if max_gpu_memory is not None else torch.cuda.get_device_properties(device).total_memory
-    return int(total * HEADROOM)
-
-def batch_size_for(per_window:int, fixed:int, held:int, reserve:int, budget:int, n:int):
-    "Windows per forward so that `held + reserve + fixed + k·per_window ≤ budget`; `None` when all `n` fit in one."
-    k = int((budget - held - reserve - fixed) // max(per_window, 1))
-    if k >= n: return None
-    if k < 1:
-        g = lambda b: f"{b / 2**30:.2f} GiB"
-        raise MemoryError(f"the GPU budget ({g(budget)} planned) can't hold one calibration window's forward ({g(per_window)}) "
-                          f"next to the block and the calibration activations ({g(held)}) and the solver ({g(reserve)}): "
-                          "raise max_gpu_memory, or use fewer or shorter calibration windows.")
-    return k
-
-def _take(obj, B:int, k:int):
-    "The first `k` of `B` batch rows of every tensor in `obj` (nested tuples/lists/dicts) that has them."
-    if torch.is_tensor(obj): return obj[:k] if obj.ndim and obj.shape[0] == B else obj
-    if isinstance(obj, (list, tuple)): return type(obj)(_take(o, B, k) for o in obj)
-    if isinstance(obj, dict): return {n: _take(v, B, k) for n, v in obj.items()}
-    return obj
-
-def solver_reserve(block:nn.Module) -> int:
-    "Bytes the solver may need at once for this block: two fp32 K×K matrices of the widest input and fp32 copies of stacked weights."
-    shapes = [linear_shape(m) for m in find_linears(block).values()]
-    return 4 * (2 * max(K for K, N in shapes) ** 2 + 6 * max(K * N for K, N in shapes))
-
-@torch.no_grad()
-def plan_batch_size(block:nn.Module, cap:dict, device, max_gpu_memory=None):
-    "Calibration windows per forward that fit the budget (`None`: all in one), from two measured forwards of `block`."
-    dev = torch.device(device); home = next(block.parameters()).device; block.to(dev)
-    try:
-        B = cap["hidden"].shape[0]; args, kwargs = cap["block_args"][0]; peaks = []
-        for k in ((1, 2) if B >= 2 else (1,)):
-            torch.cuda.synchronize(dev); base = torch.cuda.memory_allocated(dev); torch.cuda.reset_peak_memory_stats(dev)
-            with HessianHooks(find_linears(block), dev) as hh:   # the heaviest pass: every linear's input held, every Hessian
-                hh.new_batch(cap["mask"][:k]); _run(block, cap["hidden"][:k], _take(args, B, k), _take(kwargs, B, k))
-            del hh; torch.cuda.synchronize(dev); peaks.append(torch.cuda.max_memory_allocated(dev) - base)
-        per = max(peaks[-1] - peaks[0], 1) if len(peaks) > 1 else peaks[0]
-        held = torch.cuda.memory_allocated(dev) + cap["hidden"].numel() * cap["hidden"].element_size()   # + the outputs
-        return batch_size_for(per, max(peaks[0] - per, 0), held, solver_reserve(block), gpu_budget(dev, max_gpu_memory), B)
-    finally: block.to(home)
-
 # %% ../nbs/16_stream.ipynb #s022
 _FORMAT = 1   # of the work directory
 
@@ -308,12 +255,6 @@ class WorkDir:
             idx = tensor_index_of(self._inputs(self.done))
             for j, c in enumerate(caps): c["hidden"] = read_tensor(idx[f"hidden.{j}"], device)
 
-def tensor_index_of(f):
-    "`tensor_index` of one safetensors file."
-    n, h = _header(f)
-    return {k: (Path(f), _DTYPES[v["dtype"]], tuple(v["shape"]), 8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1])
-            for k, v in h.items()}
-
 # %% ../nbs/16_stream.ipynb #s026
 def _mem():
     rss = next((int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")), 0) * 1024 if os.path.exists("/proc/self/status") else 0
@@ -331,7 +272,6 @@ _TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "vocab*", "merges.t
 def write_checkpoint(work:WorkDir, n_blocks:int, rest:dict, model, config:QuantizeConfig, save_dir, source, dtype,
                      tokenizer=None, report=None, max_shard_size="4GB"):
     "Join the finished block files and `rest` into GPTQ shards with index and configs, renamed into `save_dir` at the end."
-    save_dir = Path(save_dir); save_dir.parent.mkdir(parents=True, exist_ok=True)
     write_safetensors(work.path / "rest.safetensors", rest, {"format": "pt"})
     files = [work.block_file(i) for i in range(n_blocks)] + [work.path / "rest.safetensors"]
     groups, cur, size, limit = [], [], 0, parse_size(max_shard_size)
@@ -340,26 +280,18 @@ def write_checkpoint(work:WorkDir, n_blocks:int, rest:dict, model, config:Quanti
         if cur and size + n > limit: groups.append(cur); cur, size = [], 0
         cur.append(f); size += n
     groups.append(cur)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{save_dir.name}.tmp-", dir=save_dir.parent))
-    try:
-        names = (["model.safetensors"] if len(groups) == 1 else
-                 [f"model-{i+1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))])
-        wmap, total = {}, 0
+    with staged_dir(save_dir) as tmp:
+        names, wmap, total = shard_names(len(groups)), {}, 0
         for fname, g in zip(names, groups):
             h = concat_safetensors(g, tmp / fname, {"format": "pt"})
             wmap.update({k: fname for k in h if k != "__metadata__"})
             total += sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in h.items() if k != "__metadata__")
         _write_report(report, tmp)
-        (tmp / "model.safetensors.index.json").write_text(json.dumps(
-            {"metadata": {"total_size": total}, "weight_map": wmap}, indent=2, sort_keys=True))
+        write_index(tmp, wmap, total)
         for pat in _TOKENIZER_FILES:
             for f in Path(source).glob(pat): shutil.copy2(f, tmp / f.name)
         write_model_files(tmp, model, quant_dict(config), dtype, tokenizer)
-        _umask_modes(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
-    move_into_place(tmp, save_dir)
-    return save_dir
+    return Path(save_dir)
 
 def _outside_blocks(model, prefix, blocks, config, dtype):
     "The checkpoint tensors outside the decoder blocks (embeddings, norms, the head, packed if quantized)."
@@ -370,6 +302,22 @@ def _outside_blocks(model, prefix, blocks, config, dtype):
         for i, b in enumerate(orig): blocks[i] = b
 
 # %% ../nbs/16_stream.ipynb #s028
+def _stream_block(base:BlockContext, bi:int, block, index:dict, caps:list, skip:dict, work:WorkDir, stored, device, dtype):
+    "Block `bi`'s turn from the files: read, quantized (`run_block`), packed (by rank 0), freed, and committed to `work`."
+    name, report, before, tb = f"{base.prefix}.{bi}", base.report, set(skip), time.perf_counter()
+    n_rows = len(report.rows)
+    load_block(block, name, index, device, dtype)
+    run_block(base, bi, block, caps, skip, device)
+    _crash_hook(bi, "in")
+    tensors = block_tensors(block, name, base.config, stored, device) if base.parallel.rank == 0 else None   # rank 0 writes
+    free_block(block)
+    rows = report.rows[n_rows:]
+    work.commit(bi, tensors, rows, {r["name"]: report.layers[r["name"]] for r in rows},
+                {k: v for k, v in skip.items() if k not in before}, [c["hidden"] for c in caps])
+    del tensors
+    if os.environ.get("GPTQ_NB_CRASH", "").startswith("after:"): work.wait(); _crash_hook(bi, "after")
+    report.summary.setdefault("block_seconds", []).append(round(time.perf_counter() - tb, 3))
+
 def quantize_folder(folder, calibration, config:QuantizeConfig|None=None, save_dir=None, tokenizer=None, device=None,
                     work_dir=None, max_gpu_memory=None, dtype=None, max_shard_size="4GB", callback=None, store_dir=None,
                     progress:bool=True, experts_all_tokens:bool=False, min_expert_tokens:int=MIN_CALIBRATION_TOKENS,
@@ -400,8 +348,7 @@ def quantize_folder(folder, calibration, config:QuantizeConfig|None=None, save_d
     settings = run_settings(folder, index, config, batches, dtype, device, max_gpu_memory, moe)
     if par.world > 1: settings["ranks"] = par.world   # each rank keeps its own inputs, in its own folder
     work = WorkDir(home / f"rank{par.rank}-of-{par.world}" if par.world > 1 else home, settings, 1 if par.world == 1 else 2)
-    report = QuantReport(config, summary=dict(model=str(folder), blocks=len(blocks), calibration_samples=sum(len(b[0]) for b in batches),
-                                              calibration_tokens=n_tok, device=str(device), coverage=coverage))
+    report = _new_report(model, config, blocks, batches, n_tok, device, coverage)   # names the folder (the skeleton's _name_or_path)
     if not work.state["planned"] and config.batch_size is None and device.type == "cuda" and par.world == 1:
         caps = capture_block_inputs(model, batches, device)
         bs = plan_batch_size(load_block(blocks[0], f"{prefix}.0", index, device, dtype), caps[0], device, max_gpu_memory)
@@ -416,18 +363,7 @@ def quantize_folder(folder, calibration, config:QuantizeConfig|None=None, save_d
                         parallel=par)
     bar = tqdm(total=len(blocks), initial=work.done, desc="GPTQ blocks (from files)", disable=not progress)
     for bi in range(work.done, len(blocks)):
-        name, n_rows, before, tb = f"{prefix}.{bi}", len(report.rows), set(skip), time.perf_counter()
-        load_block(blocks[bi], name, index, device, dtype)
-        run_block(base, bi, blocks[bi], caps, skip, device)
-        _crash_hook(bi, "in")
-        tensors = block_tensors(blocks[bi], name, qconfig, stored, device) if par.rank == 0 else None   # rank 0 writes
-        free_block(blocks[bi])
-        rows = report.rows[n_rows:]
-        work.commit(bi, tensors, rows, {r["name"]: report.layers[r["name"]] for r in rows},
-                    {k: v for k, v in skip.items() if k not in before}, [c["hidden"] for c in caps])
-        del tensors
-        if os.environ.get("GPTQ_NB_CRASH", "").startswith("after:"): work.wait(); _crash_hook(bi, "after")
-        report.summary.setdefault("block_seconds", []).append(round(time.perf_counter() - tb, 3))
+        _stream_block(base, bi, blocks[bi], index, caps, skip, work, stored, device, dtype)
         bar.update(1); bar.set_postfix_str(_mem())
     bar.close(); work.wait()
     if config.lm_head: _quantize_lm_head(model, mine, caps, config, report, device, par)

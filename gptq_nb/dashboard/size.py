@@ -4,7 +4,7 @@
 
 # %% ../../nbs/43_dashboard_size.ipynb #c002
 from __future__ import annotations
-import html, json, math, os
+import html, importlib.util, json, math, os
 from pathlib import Path
 import pandas as pd
 from ..quant import n_groups
@@ -58,8 +58,7 @@ def find_bench_files(start=None):
     "Benchmark JSON files: `$GPTQ_NB_BENCH_DIR`, else `kernels/results/` of `start` (default: cwd) or a parent, else of this package's repository."
     if os.environ.get("GPTQ_NB_BENCH_DIR"): return sorted(Path(os.environ["GPTQ_NB_BENCH_DIR"]).glob("*.json"))
     p = Path(start or Path.cwd()).resolve()
-    import gptq_nb
-    repo = Path(gptq_nb.__file__).resolve().parents[1]   # gptq_nb/__init__.py -> the repository (source checkouts)
+    repo = Path(importlib.util.find_spec("gptq_nb").origin).resolve().parents[1]   # gptq_nb/__init__.py -> the repository (source checkouts)
     for d in [*[p, *p.parents][:4], repo]:
         fs = sorted((d / "kernels" / "results").glob("*.json"))
         if fs: return fs
