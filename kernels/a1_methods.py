@@ -15,7 +15,7 @@ Per row: perplexity; quantize wall and process CPU seconds (`time.perf_counter` 
 `vs_gptq` = the method's objective / plain GPTQ's objective on the same layer inputs (worst layer, median, how many
 layers over 1.01). --progress-log gets one line per solved layer (wall seconds so far), to watch a long run.
 """
-import argparse, copy, datetime, json, os, platform, subprocess, sys, time
+import argparse, copy, dataclasses, datetime, json, os, platform, subprocess, sys, time
 import torch
 
 
@@ -87,7 +87,7 @@ def main(argv=None):
         ppl = perplexity(m, win, progress=False)
         row = dict(key=key, method=label, bits=bits, ppl=ppl, seconds=secs, cpu_seconds=cpu,
                    eval_seconds=time.perf_counter() - t1, load_start=load0, load_end=os.getloadavg()[0],
-                   config=cfg.to_dict(), **layer_summary(report), **env)
+                   config=dataclasses.asdict(cfg), **layer_summary(report), **env)
         with open(out, "a") as f: f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
         del m, report
