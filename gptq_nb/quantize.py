@@ -16,8 +16,8 @@ from .gptaq import needs_fp_inputs, fp_block_inputs, observe_fp
 from .qronos import solve_method
 from .model import (find_blocks, find_linears, capture_block_inputs, linear_weight, set_linear_weight, linear_shape,
                            StopForward, stop_before)
-from .model import probe_block, find_experts, find_routers, expert_of, unpackable, check_causal_lm, quantizable_linears
-from .model import first_rows
+from .model import (probe_block, find_experts, find_routers, expert_of, unpackable, check_causal_lm,
+                           quantizable_linears, first_rows)
 from .budget import plan_batch_size
 from .experts import MoEExperts, unfuse_experts, planned_expert_linears
 
