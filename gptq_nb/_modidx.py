@@ -520,6 +520,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'gptq_nb.qlinear.QuantLinear.to_quantized_weight': ( 'qlinear.html#quantlinear.to_quantized_weight',
                                                                                       'gptq_nb/qlinear.py'),
                                  'gptq_nb.qlinear._empty_like': ('qlinear.html#_empty_like', 'gptq_nb/qlinear.py'),
+                                 'gptq_nb.qlinear._parents_of': ('qlinear.html#_parents_of', 'gptq_nb/qlinear.py'),
                                  'gptq_nb.qlinear._set_module': ('qlinear.html#_set_module', 'gptq_nb/qlinear.py'),
                                  'gptq_nb.qlinear.dequantize_weight': ('qlinear.html#dequantize_weight', 'gptq_nb/qlinear.py'),
                                  'gptq_nb.qlinear.merge_projections': ('qlinear.html#merge_projections', 'gptq_nb/qlinear.py'),

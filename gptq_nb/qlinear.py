@@ -179,11 +179,15 @@ class ProjectionPart(nn.Module):
     def forward(self, x): return self._head[0].take(x, self.i)
     def extra_repr(self): return f"part {self.i} of a merged projection, out_features={self._head[0].sizes[self.i]}"
 
+def _parents_of(model, groups, cls) -> list:
+    "(name, module) of every module with a child of type `cls` named first in one of `groups`: the parents, never the children."
+    return [(n, p) for n, p in model.named_modules() if any(isinstance(getattr(p, g[0], None), cls) for g in groups)]
+
 def merge_projections(model, groups=MERGE_GROUPS) -> int:
     "Merge each group of sibling `QuantLinear`s named in `groups` into one launch, in place; returns how many groups."
     import warnings
     n = 0
-    for pname, parent in list(model.named_modules()):
+    for pname, parent in _parents_of(model, groups, QuantLinear):
         for names in groups:
             mods = [getattr(parent, nm, None) for nm in names]
             if not all(isinstance(m, QuantLinear) for m in mods): continue
@@ -199,7 +203,7 @@ def merge_projections(model, groups=MERGE_GROUPS) -> int:
 def unmerge_projections(model, groups=MERGE_GROUPS) -> int:
     "Undo `merge_projections`: each group's own `QuantLinear`s again (the checkpoint's layout); returns how many groups."
     n = 0
-    for parent in list(model.modules()):
+    for _, parent in _parents_of(model, groups, MergedProjection):
         for names in groups:
             head = getattr(parent, names[0], None)
             if not isinstance(head, MergedProjection): continue
