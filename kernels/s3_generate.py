@@ -16,7 +16,8 @@ gate/up merged at the first call.
 Per batch size (1, 8, 32): 128-token random prompt, 128 new tokens (`min_new_tokens` = max), greedy; first call timed
 alone (its excess over a steady call is the set-up: compile + capture + merge), 1 more warm-up, best of 3. tokens/s =
 batch x 128 / seconds of the whole `generate` call. Time to first token: a 2048-token prompt, `max_new_tokens=1`, best
-of 3 after 1. Peak GPU memory: `max_memory_allocated` over the model's runs. Greedy check: the quantized model's first
+of 3 after 1. Peak GPU memory: `max_memory_allocated` over the model's timed (steady) runs, `peak_mem_gib`, and
+separately over its first calls (set-up included: merge, compile, capture, cache), `peak_mem_first_call(s)_gib`. Greedy check: the quantized model's first
 32 tokens against the same model with the set-up switched off (`gptq_nb_generate.enabled = False`: transformers'
 eager dynamic-cache path, unmerged kernels' numerics aside), batch 1 and 8. Optional last: the quantized model with a
 4-bit lm_head too (--lm-head). --fp16-loop adds the fp16 model through gptq_nb's decode loop (what fp16 would gain from
@@ -96,6 +97,8 @@ class Runner:
         try:
             t_first, out = timed(model, kw)
             for _ in range(args.warmup - 1): timed(model, kw)
+            first_peak = self.peak_end(model, other)
+            if other is not None: torch.cuda.reset_peak_memory_stats()   # the steady calls' own peak, set-up excluded
             before = graphs()
             ts = [timed(model, kw)[0] for _ in range(args.runs)]
             after = graphs()
@@ -107,7 +110,7 @@ class Runner:
             if B == 1:   # a different max_new_tokens in the same cache bucket: no recompile, no new cache
                 t, _ = timed(model, gen_kwargs(kw["input_ids"], args.new_tokens - 28, extra)); a2 = graphs()
                 r.update(other_max_new_tokens_s=t, recompiled_for_other_max_new_tokens=a2["unique_graphs"] != after["unique_graphs"])
-            r["peak_mem_gib"] = self.peak_end(model, other)
+            r["peak_mem_gib"], r["peak_mem_first_calls_gib"] = self.peak_end(model, other), first_peak
             res[f"b{B}"] = r
             log(f"  {label} batch {B}: {r['tok_s']:.1f} tok/s ({r['tok_s_per_seq']:.1f}/seq), first call {t_first:.1f} s "
                 f"(set-up {r['setup_s']:.1f} s), peak {r['peak_mem_gib']} GiB, graphs {after}, t={time.time() - T0:.0f} s")
@@ -123,8 +126,11 @@ class Runner:
         try:
             kw = gen_kwargs(self.prompt(1, self.args.ttft_len, model.config.vocab_size, model.device), 1, extra)
             timed(model, kw)
+            first_peak = self.peak_end(model, other)
+            if other is not None: torch.cuda.reset_peak_memory_stats()
             ts = [timed(model, kw)[0] for _ in range(self.args.runs)]
-            res["ttft"] = dict(prompt_len=self.args.ttft_len, best_s=min(ts), runs_s=ts, peak_mem_gib=self.peak_end(model, other))
+            res["ttft"] = dict(prompt_len=self.args.ttft_len, best_s=min(ts), runs_s=ts, peak_mem_gib=self.peak_end(model, other),
+                               peak_mem_first_call_gib=first_peak)
             log(f"  {label} TTFT ({self.args.ttft_len} tokens): {min(ts) * 1e3:.1f} ms")
         except Exception as e:
             res["ttft"] = dict(error=traceback.format_exc()[-3000:]); log(f"  !! {label} TTFT: {e}")
