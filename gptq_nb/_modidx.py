@@ -216,6 +216,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'gptq_nb.generate.FastGenerate.warm_kernels': ( 'generate.html#fastgenerate.warm_kernels',
                                                                                   'gptq_nb/generate.py'),
                                   'gptq_nb.generate._generate': ('generate.html#_generate', 'gptq_nb/generate.py'),
+                                  'gptq_nb.generate._landed': ('generate.html#_landed', 'gptq_nb/generate.py'),
+                                  'gptq_nb.generate._read_later': ('generate.html#_read_later', 'gptq_nb/generate.py'),
                                   'gptq_nb.generate.bucket_length': ('generate.html#bucket_length', 'gptq_nb/generate.py'),
                                   'gptq_nb.generate.decode_loop': ('generate.html#decode_loop', 'gptq_nb/generate.py'),
                                   'gptq_nb.generate.decode_step': ('generate.html#decode_step', 'gptq_nb/generate.py'),

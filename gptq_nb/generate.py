@@ -149,6 +149,20 @@ def weights_signature(model) -> tuple:
     return (tuple(map(id, model.modules())),
             tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers())))
 
+def _read_later(t, start:int):
+    "Start copying device tensor `t` to the host without waiting: `(start, host copy, event that marks its arrival)`."
+    if t.device.type != "cuda": return start, t.clone(), None
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    ev = torch.cuda.Event(); ev.record()
+    return start, host, ev
+
+def _landed(check):
+    "`(start, host copy)` of a `_read_later` check, once its copy has arrived."
+    start, host, ev = check
+    if ev is not None: ev.synchronize()
+    return start, host
+
 @torch.no_grad()
 def decode_loop(model, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
                 streamer=None, **model_kwargs):
@@ -181,7 +195,7 @@ def decode_loop(model, input_ids, logits_processor, stopping_criteria, generatio
     has_eos = any(hasattr(c, "eos_token_id") for c in stopping_criteria)
     unfinished = torch.ones(rows, dtype=torch.long, device=ids.device)
     alive = torch.ones(end_at - P, dtype=torch.bool, device=ids.device)   # per step: some row still running
-    n, shown = P, P
+    n, shown, checks = P, P, []
     while True:
         scores = logits_processor(ids[:, :n], logits)
         if generation_config.do_sample: tok = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
@@ -192,12 +206,14 @@ def decode_loop(model, input_ids, logits_processor, stopping_criteria, generatio
         alive[n - P - 1] = unfinished.any()
         last = n >= end_at
         if last or (n - P) % st.check_every == 0:
-            flags = alive[shown - P : n - P].cpu()
-            stop = shown + int(flags.long().argmin()) + 1 if not bool(flags.all()) else None
-            if streamer is not None:
-                for j in range(shown, stop or n): streamer.put(ids[:, j].cpu())
+            checks.append(_read_later(alive[shown - P : n - P], shown)); shown = n
+            stop = None   # read the older checks; the newest waits a period, unless it's the last or a streamer waits
+            while stop is None and checks and (last or streamer is not None or len(checks) > 1):
+                start, flags = _landed(checks.pop(0))
+                if not bool(flags.all()): stop = start + int(flags.long().argmin()) + 1
+                if streamer is not None:
+                    for j in range(start, stop or start + len(flags)): streamer.put(ids[:, j].cpu())
             if stop is not None: n = stop; break
-            shown = n
             if last: break
         logits = st.step(tok)
     if streamer is not None: streamer.end()
