@@ -51,15 +51,17 @@ def test_explorer_click_selects_layer(rep30):
     np.testing.assert_allclose(ex.figs["detail"].data[3].y, rep30.layers["model.layers.7.mlp.gate_proj"]["h_diag"].numpy())
 
 
-def test_static_fallback_when_figurewidget_fails(monkeypatch, rep30):
-    "A FigureWidget that can't be created (as on a frontend without anywidget) gives static figures, same controls."
+def test_static_fallback_when_the_view_fails(monkeypatch, rep30):
+    "A view that can't be created (as on a frontend without anywidget) gives static figures, same controls."
     def broken(*a, **k): raise RuntimeError("no widget manager")
-    monkeypatch.setattr(go, "FigureWidget", broken)
+    monkeypatch.setattr(D.core, "_plotly_view", broken)
     with pytest.warns(UserWarning, match="static figures"):
         ex = D.layer_explorer(rep30)
     assert ex.figs["strip"].static and isinstance(ex.figs["strip"].widget, __import__("ipywidgets").Output)
     ex.controls["metric"].value = "rel_err"; ex.controls["log"].value = False
     assert np.array(ex.figs["strip"].data[0].z, dtype=float)[0, 0] == pytest.approx(rep30.table.rel_err.iloc[0], rel=1e-6)
+    shown = ex.figs["strip"].widget.outputs[0]["data"][D.core.PLOTLY_MIME]["data"][0]["z"]   # what the browser draws
+    assert shown[0][0] == pytest.approx(rep30.table.rel_err.iloc[0], rel=1e-6)
 
 
 def test_colab_means_static(monkeypatch):

@@ -6,7 +6,9 @@
    button's label fits, and save screenshots under `artifacts/dashboards/`. It runs on the tiny model unless
    `GPTQ_NB_TUTORIAL_MODEL=smollm2` (with `GPTQ_NB_MODELS` naming the folder `make demo` filled): that is how the
    README's screenshots of the real default model are made (minutes on a CPU; copy them to docs/img/).
-2. A 30-block synthetic report: each control change must redraw (click -> kernel -> figure repainted) in < 1 s.
+2. A 30-block synthetic report: each control change must redraw (click -> kernel -> figure repainted) in < 1 s, with
+   anywidget's 2-s set-up limit made to expire for every model at once (what a loaded machine does to some of them;
+   plotly's FigureWidget then dropped every update, see nbs/40) and plotly.js coming from the kernel.
 
 Skips with a reason when chromium/playwright/jupyterlab are missing, except in CI (CI=true), where it fails instead.
 """
@@ -76,8 +78,8 @@ def lab():
 
 
 # Console errors that come from the offline sandbox or JupyterLab itself, never from our widgets.
-# anywidget rejects a model whose initialisation takes over 2 s ("Failed to initialize model"): on a loaded machine
-# loading plotly's 5 MB bundle does; the figures still render, which the data checks below verify.
+# anywidget rejects a model whose set-up takes over 2 s ("Failed to initialize model") and then drops the kernel's
+# messages to it; our figure views get none after they are created (nbs/40), which the redraw checks below verify.
 BENIGN = [re.compile(p) for p in (r"favicon", r"/api/workspaces", r"lsp", r"ERR_INTERNET_DISCONNECTED",
                                   r"ERR_NAME_NOT_RESOLVED", r"fonts\.googleapis", r"cdn\.",
                                   r"\[anywidget\] Failed to initialize model")]
@@ -149,16 +151,13 @@ def _watch(page, errors):
     page.on("pageerror", lambda e: None if any(b.search(str(e)) for b in BENIGN) else errors.append(f"pageerror: {e}"))
 
 
-# Diagnosed 2026-12-02 (not fixed): in this headless JupyterLab a FigureWidget view sometimes stops applying the
-# kernel's updates for good: plotly's Python side sends the restyle (its trace-edit id advances), the page neither
-# redraws nor acknowledges it, and later updates to that figure are lost too, while the plot element stays in place.
-# Seen on the explorer's detail (8 of 8 looped tutorial runs under load, and CI's 30-block run) and once on a strip.
-# A new widget per pick worked around it for the detail but took 5.3 s per pick under load (over the 1-s target).
-VIEW_BUG = pytest.mark.xfail(reason="a plotly FigureWidget view in JupyterLab sometimes stops applying updates "
-                             "(diagnosed, not fixed: see VIEW_BUG above)", strict=False)
+# anywidget 0.11 gives each model 2 s (AbortSignal.timeout(2000)) to load and initialise its JavaScript, then rejects
+# the model's `ready` and drops every kernel message to it. Expiring that limit at once for every model makes the
+# worst case of a loaded machine certain instead of occasional: plotly's FigureWidget lost every update under it.
+EXPIRE_ANYWIDGET_SETUP = ("{ const timeout = AbortSignal.timeout.bind(AbortSignal);"
+                          "  AbortSignal.timeout = ms => timeout(ms === 2000 ? 1 : ms); }")
 
 
-@VIEW_BUG
 def test_tutorial_runs_in_browser(lab):
     from playwright.sync_api import sync_playwright
     base, token, root = lab
@@ -200,9 +199,12 @@ def test_tutorial_runs_in_browser(lab):
                     " return g && g.data && JSON.stringify(g.data[3].y) !== b; }")   # a new plot each pick
         before = page.evaluate("e => JSON.stringify(e.querySelectorAll('.js-plotly-plot')[1].data[3].y)", ex.element_handle())
         opts = ex.locator(".gptq-explorer-layer select option").all_inner_texts()
+        t = time.perf_counter()
         ex.locator(".gptq-explorer-layer select").select_option(index=next(i for i, o in enumerate(opts) if "o_proj" in o))
         page.wait_for_function(detail_y, arg=[ex.element_handle(), before], timeout=15_000)
+        print(f"explorer layer pick -> detail redrawn in {1000 * (time.perf_counter() - t):.0f} ms (incl. playwright)")
         assert "o_proj" in page.evaluate("e => e.querySelectorAll('.js-plotly-plot')[1].layout.title.text", ex.element_handle())
+        print("plotly.js from:", page.evaluate("() => globalThis.__gptqNbPlotlyFrom"))
         # 3) histograms: move the outlier slider with the keyboard -> the outlier trace changes
         h = page.locator(".gptq-hist").first
         t = time.perf_counter()
@@ -240,7 +242,6 @@ BENCH_NB = {"cells": [
     "nbformat": 4, "nbformat_minor": 5}
 
 
-@VIEW_BUG
 def test_30_block_redraw_under_1s(lab):
     from playwright.sync_api import sync_playwright
     base, token, root = lab
@@ -250,7 +251,9 @@ def test_30_block_redraw_under_1s(lab):
         browser = _browser(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         _watch(page, errors)
+        page.add_init_script(EXPIRE_ANYWIDGET_SETUP)
         _open(page, base, token, "bench30.ipynb")
+        page.evaluate("() => { delete window._JUPYTERLAB['jupyterlab-plotly']; }")   # views: plotly.js from the kernel
         _run_all(page)
         _wait_done(page, ".gptq-hist .js-plotly-plot")
         page.wait_for_function("() => document.querySelectorAll('.gptq-explorer').length == 2 && "
@@ -260,10 +263,11 @@ def test_30_block_redraw_under_1s(lab):
         for i in range(3):  # log on/off/on: the whole 7 × 30 strip each time
             times[f"strip log toggle #{i + 1}"] = _redraw(page, ".gptq-explorer", 0, ".gptq-explorer-log input")["ms"]
         times["strip metric -> loss ratio"] = page.evaluate("""async () => {
-            const root = document.querySelector('.gptq-explorer'); const gd = root.querySelector('.js-plotly-plot');
-            const before = JSON.stringify(gd.data[0].z); const s = root.querySelector('.gptq-explorer-metric select');
+            const root = document.querySelector('.gptq-explorer');  /* each redraw draws a new plot: re-query it */
+            const z = () => { const gd = root.querySelector('.js-plotly-plot'); return gd && gd.data ? JSON.stringify(gd.data[0].z) : null; };
+            const before = z(); const s = root.querySelector('.gptq-explorer-metric select');
             const t0 = performance.now(); s.selectedIndex = 2;  /* GPTQ loss / RTN loss */ s.dispatchEvent(new Event('change', {bubbles: true}));
-            while (JSON.stringify(gd.data[0].z) === before) { await new Promise(r => requestAnimationFrame(r));
+            while (z() === before || z() === null) { await new Promise(r => requestAnimationFrame(r));
                 if (performance.now() - t0 > 15000) return -1; }
             await new Promise(r => requestAnimationFrame(r)); return performance.now() - t0; }""")
         times["detail: next layer"] = page.evaluate("""async () => {
@@ -274,7 +278,7 @@ def test_30_block_redraw_under_1s(lab):
             while (z() === before || z() === null) { await new Promise(r => requestAnimationFrame(r));
                 if (performance.now() - t0 > 15000) return -1; }
             await new Promise(r => requestAnimationFrame(r)); return performance.now() - t0; }""")
-        # clicking a heat-strip cell selects that layer (plotly click -> FigureWidget on_click -> kernel -> drop-down)
+        # clicking a heat-strip cell selects that layer (plotly click -> view -> kernel -> drop-down)
         xy = page.evaluate("""() => {
             const gd = document.querySelector('.gptq-explorer .js-plotly-plot'), r = gd.getBoundingClientRect();
             const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
@@ -287,9 +291,11 @@ def test_30_block_redraw_under_1s(lab):
         times["static explorer log toggle"] = _redraw(page, ".gptq-explorer", 1, ".gptq-explorer-log input")["ms"]
         times["histogram per layer"] = _redraw(page, ".gptq-hist", 0, ".gptq-hist-by button:nth-child(1)", key="y")["ms"]
         page.locator(".gptq-explorer").first.screenshot(path=str(ART / "explorer_30_blocks.png"))
+        source = page.evaluate("() => globalThis.__gptqNbPlotlyFrom")
         browser.close()
     for k, v in times.items(): print(f"30-block redraw, {k}: {v:.0f} ms")
+    assert source == "kernel", source
     assert not errors, "\n".join(errors[:10])
-    # FigureWidget redraws (the dashboards' normal mode) must stay under 1 s; the static fallback re-renders a whole
+    # in-place redraws (the dashboards' normal mode) must stay under 1 s; the static fallback re-renders a whole
     # figure each time, so it gets 2 s
     assert all(0 < v < (2000 if "static" in k else 1000) for k, v in times.items()), times

@@ -13,8 +13,9 @@ from ..quant import QuantizeConfig
 from ..quantize import QuantReport, layer_record
 
 # %% auto #0
-__all__ = ['MODULE_ORDER', 'LLAMA_SHAPES', 'STAGES', 'as_report', 'module_order', 'short_module', 'axis_labels', 'solver_kwargs',
-           'synthetic_report', 'want_static', 'LiveFigure', 'Panel', 'human_size']
+__all__ = ['MODULE_ORDER', 'LLAMA_SHAPES', 'STAGES', 'PLOTLY_MIME', 'VIEW_JS', 'as_report', 'module_order', 'short_module',
+           'axis_labels', 'solver_kwargs', 'synthetic_report', 'want_static', 'figure_bundle', 'LiveFigure', 'Panel',
+           'human_size']
 
 # %% ../../nbs/40_dashboard.ipynb #c005
 def _ui():
@@ -117,69 +118,160 @@ def want_static(static:bool|None=None):
     if env in ("1", "true", "yes"): return True
     if env in ("0", "false", "no"): return False
     if "google.colab" in sys.modules: return True
-    try: import anywidget  # noqa: F401  (plotly's FigureWidget is an anywidget)
+    try: import anywidget  # noqa: F401  (the in-place view is an anywidget)
     except ImportError: return True
     return False
 
-_FIGURE_WIDGET = None
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
 
-def _figure_widget(fig):
-    "A plotly `FigureWidget` of `fig` whose widget channel opens only at `open_complete()`, with the figure as it is then."
-    global _FIGURE_WIDGET
-    import plotly.graph_objects as go
-    if _FIGURE_WIDGET is None or _FIGURE_WIDGET.__bases__[0] is not go.FigureWidget:   # built once per plotly class
-        from copy import deepcopy
-        class FigureWidget(go.FigureWidget):
-            _complete = False
-            def open(self):
-                if self._complete: super().open()   # plotly's constructor calls this before the figure has any data
-            def open_complete(self):
-                "Open the channel now, its first message carrying the current data and layout; returns the widget."
-                if not self._complete:
-                    self._widget_layout, self._widget_data = deepcopy(self._layout_obj._props), deepcopy(self._data)
-                    self._complete = True; self.open()
-                return self
-            def _repr_mimebundle_(self, *a, **k): return self.open_complete() and super()._repr_mimebundle_(*a, **k)
-        _FIGURE_WIDGET = FigureWidget
-    return _FIGURE_WIDGET(fig)
+def figure_bundle(fig):
+    "`fig` as display data: plotly's JSON mime type (JupyterLab's and VS Code's plotly renderers), on Colab its own HTML."
+    if "google.colab" in sys.modules: return fig._repr_mimebundle_()   # Colab has no plotly mime renderer
+    import json
+    import plotly.io as pio
+    title = getattr(fig.layout.title, "text", None) or "plotly figure"
+    return {PLOTLY_MIME: json.loads(pio.to_json(fig, validate=False, remove_uids=False)), "text/plain": f"<{title}>"}
 
+
+# %% ../../nbs/40_dashboard.ipynb #c019d
+VIEW_JS = """
+// Draws, in place, the plotly figure held by a core ipywidgets Output model (`source`), and sends clicks to Python.
+// The figure never travels in messages to this anywidget model: anywidget 0.11 drops every kernel->browser message
+// to a model whose set-up passed its 2-s limit (as loading plotly's 5-MB FigureWidget bundle does under load).
+const MIME = "application/vnd.plotly.v1+json";
+const modelOf = (m, ref) => m.widget_manager.get_model(String(ref).replace(/^IPY_MODEL_/, ""));
+
+async function fromLab() {   // JupyterLab's plotly mime renderer holds plotly.js: have it load it
+  const c = window._JUPYTERLAB && window._JUPYTERLAB["jupyterlab-plotly"];
+  if (!c) return null;
+  const ext = (await c.get("./mimeExtension"))();
+  const r = ext.rendererFactory.createRenderer({ mimeType: ext.MIME_TYPE });
+  await r.renderModel({ data: { [ext.MIME_TYPE]: { data: [], layout: {} } }, metadata: {}, trusted: true, setData() {} });
+  r.dispose();
+  return window.Plotly || (ext.RenderedPlotly && ext.RenderedPlotly.Plotly) || null;
+}
+
+async function fromKernel(model) {   // elsewhere: plotly.min.js once per page, through a core widget (`lib`)
+  const lib = await modelOf(model, model.get("lib"));
+  if (!lib.get("source")) {
+    const got = new Promise((ok) => lib.once("change:source", ok));
+    model.send({ event: "need-plotly" }); await got;
+  }
+  const url = URL.createObjectURL(new Blob([lib.get("source")], { type: "text/javascript" }));
+  const define = window.define; window.define = undefined;   // an AMD loader would take the module: want the global
+  try { await new Promise((ok, bad) => { const s = Object.assign(document.createElement("script"), { src: url, onload: ok, onerror: bad }); document.head.appendChild(s); }); }
+  finally { window.define = define; URL.revokeObjectURL(url); }
+  return window.Plotly;
+}
+
+function plotly(model) {   // one plotly.js per page, shared by every view (this module is loaded once per model)
+  const g = globalThis, from = (where) => (P) => { if (P) g.__gptqNbPlotlyFrom = g.__gptqNbPlotlyFrom || where; return P; };
+  if (g.__gptqNbPlotly) return g.__gptqNbPlotly;
+  if (window.Plotly && window.Plotly.react) return Promise.resolve(from("page")(window.Plotly));
+  return (g.__gptqNbPlotly = fromLab().then(from("jupyterlab"), (e) => { console.warn("gptq_nb: no plotly.js from JupyterLab", e); return null; })
+    .then((P) => P || fromKernel(model).then(from("kernel"))));
+}
+
+export default { async render({ model, el }) {
+  const ctx = {}, gd = document.createElement("div");
+  el.appendChild(gd);
+  const [src, Plotly] = await Promise.all([modelOf(model, model.get("source")), plotly(model)]);
+  const fig = () => { const o = src.get("outputs"); const d = o && o[0] && o[0].data; return d && d[MIME]; };
+  let busy = false, again = false, hooked = false;
+  const draw = async () => {   // redraws coalesce: while one draws, only the newest figure is kept for the next
+    if (busy) { again = true; return; }
+    busy = true;
+    try {
+      do {
+        again = false; const f = fig();
+        if (f) { const c = structuredClone(f); await Plotly.react(gd, c.data, c.layout, { displaylogo: false, ...c.config }); }
+      } while (again);
+    } finally { busy = false; }
+    if (!hooked && gd.on) {
+      hooked = true;
+      gd.on("plotly_click", (d) => { const p = d && d.points && d.points[0];
+        if (p) model.send({ event: "click", x: p.x, y: p.y, curve: p.curveNumber }); });
+    }
+  };
+  src.on("change:outputs", draw, ctx);
+  const ro = new ResizeObserver(() => { if (gd.offsetWidth && gd._fullLayout) Plotly.Plots.resize(gd).catch(() => {}); });
+  ro.observe(el);
+  await draw();
+  return () => { src.off(null, null, ctx); ro.disconnect(); Plotly.purge(gd); };
+} };
+"""
+
+
+# %% ../../nbs/40_dashboard.ipynb #c019e
+_CLASSES, _LIB = {}, None
+
+def _view_classes():
+    "`(PlotlyView, PlotlyLib)`, defined on first use (anywidget and traitlets are imported only then)."
+    if not _CLASSES:
+        import anywidget, traitlets as T
+        import ipywidgets as W
+        class PlotlyLib(W.Widget):
+            "plotly.min.js for a page without plotly.js, sent only when a view asks (a core widget: its messages arrive)."
+            source = T.Unicode("").tag(sync=True)
+        class PlotlyView(anywidget.AnyWidget):
+            "Draws the figure of the `Output` `source` in place and sends clicks; the kernel sends it nothing after creation."
+            _esm = VIEW_JS
+            source = T.Instance(W.Output).tag(sync=True, **W.widget_serialization)
+            lib = T.Instance(PlotlyLib).tag(sync=True, **W.widget_serialization)
+            def __init__(self, **kw):
+                super().__init__(**kw); self._fns = []
+                self.on_msg(self._on_msg)
+            def on_click(self, fn): self._fns.append(fn)
+            def _on_msg(self, _w, content, _buffers):
+                ev = content.get("event") if isinstance(content, dict) else None
+                if ev == "click":
+                    for fn in self._fns: fn(content.get("x"), content.get("y"), content.get("curve"))
+                elif ev == "need-plotly" and not self.lib.source:
+                    from plotly.offline import get_plotlyjs
+                    self.lib.source = get_plotlyjs()
+        _CLASSES.update(view=PlotlyView, lib=PlotlyLib)
+    return _CLASSES["view"], _CLASSES["lib"]
+
+def _plotly_view(source):
+    "A new `PlotlyView` of the `Output` `source`, sharing the kernel's one `PlotlyLib` (made again if it was closed)."
+    global _LIB
+    View, Lib = _view_classes()
+    if _LIB is None or _LIB.comm is None: _LIB = Lib()
+    return View(source=source, lib=_LIB)
+
+
+# %% ../../nbs/40_dashboard.ipynb #c019f
 class LiveFigure:
-    "A plotly figure kept up to date: a `FigureWidget` (`widget` is the figure) or a static figure in an `Output`."
+    "A plotly figure kept in an `Output` (its mime bundle); shown by a view that redraws it in place, or by the `Output` itself when static."
     def __init__(self, fig, static:bool|None=None):
         W, go = _ui()
         self.static = want_static(static)
+        self.fig, self._out, self._view = go.Figure(fig), W.Output(), None
+        self.refresh()
         if not self.static:
-            try: self.fig = _figure_widget(fig)
-            except Exception as e:  # a frontend/environment that can't host the widget: fall back, say why
+            try: self._view = _plotly_view(self._out)
+            except Exception as e:  # an environment that can't host the view: fall back, say why
                 import warnings
-                warnings.warn(f"plotly FigureWidget unavailable ({type(e).__name__}: {e}); using static figures.")
+                warnings.warn(f"gptq_nb's plotly view unavailable ({type(e).__name__}: {e}); using static figures.")
                 self.static = True
-        if self.static:
-            self.fig, self._out = go.Figure(fig), W.Output()
-            self.refresh()
+
+    def on_click(self, fn):
+        "Call `fn(x, y, curve)` when a point is clicked in the browser; False (and nothing done) for a static figure."
+        if self.static: return False
+        self._view.on_click(fn); return True
 
     @property
     def widget(self):
-        "What to put in a box: the `Output` of a static figure, else the `FigureWidget`, its channel opened now."
-        return self._out if self.static else self.fig.open_complete()
+        "What to put in a box: the in-place view, or the `Output` itself when static."
+        return self._out if self.static else self._view
 
     @property
     def data(self): return self.fig.data
 
-    def sync(self):
-        "Put the figure as it is now into the widget's state (what plotly does when a figure itself is displayed)."
-        if self.static or not self.fig._complete: return
-        from copy import deepcopy
-        self.fig._widget_layout, self.fig._widget_data = deepcopy(self.fig._layout_obj._props), deepcopy(self.fig._data)
-
     def refresh(self):
-        "Show the current figure (a no-op for a `FigureWidget`, which is already in sync)."
-        if not self.static: return
-        from IPython import get_ipython
-        from IPython.display import display
-        if getattr(get_ipython(), "kernel", None) is None: return  # no frontend (tests, scripts): nothing to show
-        self._out.clear_output(wait=True)
-        with self._out: display(self.fig)
+        "Send the figure as it is now: one message to a core widget, whatever the view."
+        self._out.outputs = ({"output_type": "display_data", "data": figure_bundle(self.fig), "metadata": {}},)
+
 
 # %% ../../nbs/40_dashboard.ipynb #c020
 class Panel:
@@ -196,12 +288,9 @@ class Panel:
             return out
         return run
 
-    def _repr_mimebundle_(self, **kw):
-        "Display `box`, first bringing every figure's widget state up to date (changes made since the box was built)."
-        for p in [self, *getattr(self, "panels", {}).values()]:
-            for f in p.figs.values(): f.sync()
-        return self.box._repr_mimebundle_(**kw)
+    def _repr_mimebundle_(self, **kw): return self.box._repr_mimebundle_(**kw)
     def __repr__(self): return f"Panel(controls={list(self.controls)}, figs={list(self.figs)})"
+
 
 # %% ../../nbs/40_dashboard.ipynb #c024
 def _layer_names(table):

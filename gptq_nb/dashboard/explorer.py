@@ -108,7 +108,7 @@ def layer_explorer(report, metric:str="loss", log:bool=True, layer:str|None=None
     c_metric, c_log, c_layer = _explorer_controls(W, have, metric, log, _layer_names(table()))
     strip, detail, info = LiveFigure(_strip_figure(go), static), LiveFigure(_detail_figure(go), static), W.HTML()
 
-    def draw_strip(*_):
+    def draw_strip(*_, send=True):
         blocks, modules, z, names = metric_grid(table(), c_metric.value, c_log.value)
         with strip.fig.batch_update():
             h = strip.fig.data[0]
@@ -116,7 +116,8 @@ def layer_explorer(report, metric:str="loss", log:bool=True, layer:str|None=None
             h.colorbar.title.text = ("log10 " if c_log.value else "") + c_metric.value
             strip.fig.layout.xaxis.update(block_axis(blocks))
             strip.fig.layout.title.text = f"{METRICS[c_metric.value]}{' (log10)' if c_log.value else ''} — click a cell"
-        mark_selected(); strip.refresh()
+        mark_selected()
+        if send: strip.refresh()
 
     def mark_selected():
         t = table(); row = t[t.name == c_layer.value]
@@ -128,10 +129,11 @@ def layer_explorer(report, metric:str="loss", log:bool=True, layer:str|None=None
     def draw_detail(*_):
         name, t = c_layer.value, table()
         row = t[t.name == name]
-        with detail.fig.batch_update(): _fill_detail(detail.fig, _layers(state["report"]).get(name, {}), row)
-        detail.fig.layout.title.text = name or "no layer yet"   # its own message: in one update with the data it got lost
+        with detail.fig.batch_update():
+            _fill_detail(detail.fig, _layers(state["report"]).get(name, {}), row)
+            detail.fig.layout.title.text = name or "no layer yet"
         if len(row): info.value = _layer_text(name, row.iloc[0])
-        mark_selected(); detail.refresh()
+        detail.refresh(); mark_selected(); strip.refresh()   # the detail first: it is what a pick is for
 
     def select(block:int, module:str):
         "Select the layer in `block` whose module (or its axis label) is `module`."
@@ -145,15 +147,15 @@ def layer_explorer(report, metric:str="loss", log:bool=True, layer:str|None=None
         if list(c_layer.options) != names:
             with c_layer.hold_trait_notifications(): c_layer.options = names
             c_layer.value = keep if keep in names else (names[-1] if names else None)
-        draw_strip(); draw_detail()
+        draw_strip(send=False); draw_detail()   # draw_detail sends both
 
     P = Panel(None, dict(metric=c_metric, log=c_log, layer=c_layer), dict(strip=strip, detail=detail), info=info)
     draw_strip, draw_detail = P.timed("strip", draw_strip), P.timed("detail", draw_detail)
     c_metric.observe(draw_strip, "value"); c_log.observe(draw_strip, "value"); c_layer.observe(draw_detail, "value")
-    if not strip.static: strip.fig.data[0].on_click(lambda trace, pts, _s: select(int(pts.xs[0]), pts.ys[0]) if pts.xs else None)
+    strip.on_click(lambda x, y, curve: select(int(x), y) if curve == 0 and x is not None else None)  # heatmap cells only
     P.select, P.update = select, update
     if layer is not None: c_layer.value = layer
-    update()                                       # drawn first: the widgets' first message carries the drawn figures
+    update()
     P.box = W.VBox([W.HBox([c_metric, c_log]), strip.widget, W.HBox([c_layer]), info, detail.widget])
     P.box.add_class("gptq-explorer")
     return P
