@@ -531,7 +531,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'gptq_nb.model.stop_before': ('model.html#stop_before', 'gptq_nb/model.py'),
                                'gptq_nb.model.tiny_causal_lm': ('model.html#tiny_causal_lm', 'gptq_nb/model.py'),
                                'gptq_nb.model.tiny_moe_lm': ('model.html#tiny_moe_lm', 'gptq_nb/model.py'),
-                               'gptq_nb.model.to_device': ('model.html#to_device', 'gptq_nb/model.py'),
                                'gptq_nb.model.unpackable': ('model.html#unpackable', 'gptq_nb/model.py')},
             'gptq_nb.pack': { 'gptq_nb.pack._check_format': ('pack.html#_check_format', 'gptq_nb/pack.py'),
                               'gptq_nb.pack._to_int32': ('pack.html#_to_int32', 'gptq_nb/pack.py'),
