@@ -417,7 +417,7 @@ def run_block(base:BlockContext, bi:int, block, caps:list, skip:dict, device, fp
     _finish_block(ctx, bi, stages, skip)
     for c, o in zip(caps, outs):
         if not torch.isfinite(o).all():
-            raise FloatingPointError(f"{base['prefix']}.{bi} produced NaN/Inf on calibration data after quantization: "
+            raise FloatingPointError(f"{ctx.prefix}.{bi} produced NaN/Inf on calibration data after quantization: "
                                      "the activations overflowed (common in float16); run the model in "
                                      "bfloat16 or float32.")
         c["hidden"] = o
