@@ -8,7 +8,7 @@ import argparse, copy, datetime, os, platform, shutil, subprocess, sys, tempfile
 from pathlib import Path
 import torch
 from .quant import QuantizeConfig
-from .quantize import rtn_quantize_model
+from .loop import rtn_quantize_model
 
 # %% auto #0
 __all__ = ['DEFAULT_PACKAGE', 'DEFAULT_GGUF', 'PRESETS', 'BENCH_CONFIGS', 'models_dir', 'fetch_default_model',

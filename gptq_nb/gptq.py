@@ -89,12 +89,11 @@ def gptq_reference(W, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act
                          "overflowed; reload it in float32/bfloat16.")
     N, K = W.shape
     if H.shape != (K, K): raise ValueError(f"H has shape {tuple(H.shape)}, expected ({K}, {K}) for W of shape {(N, K)}.")
-    maxq, g = 2 ** bits - 1, (K if group_size == -1 else group_size)
+    maxq = 2 ** bits - 1
     W0, H0 = W, H
     W, H = W.to(dtype).clone(), H.to(W.device, dtype).clone()
     W, H, scales, zeros, perm, natural, gpos, gsize = _solve_setup(W, H, bits, group_size, sym, desc_act, static_groups,
                                                                    mse, act_group_aware, zero_min)
-    G = len(gsize)
     U, damp = inverse_cholesky(H, damp_percent)
     del H
     Wt = W.T.contiguous()                  # [K, N]: each column of W is a contiguous row here
@@ -226,13 +225,12 @@ def gptq_quantize_many(Ws:list, H, bits:int=4, group_size:int=128, sym:bool=True
     t0 = time.perf_counter()
     for j, W in enumerate(Ws): _check_layer(W, H, names[j] if names else "")
     K, Ns, dev = H.shape[0], [W.shape[0] for W in Ws], Ws[0].device
-    maxq, g, N = 2 ** bits - 1, (K if group_size == -1 else group_size), sum(Ns)
+    maxq, N = 2 ** bits - 1, sum(Ns)
     W = torch.cat([w.to(dtype) for w in Ws]) if len(Ws) > 1 else Ws[0].to(dtype).clone()
     H0, H = H, H.to(dev, dtype).clone()
     dead = torch.diag(H) == 0
     W, H, scales, zeros, perm, natural, gpos, gsize = _solve_setup(W, H, bits, group_size, sym, desc_act, static_groups,
                                                                    mse, act_group_aware, zero_min)
-    G = len(gsize)
     U, damp = inverse_cholesky(H, damp_percent)
     del H
     P = None if extra_update is None else extra_update(U, perm, dead)
@@ -242,7 +240,7 @@ def gptq_quantize_many(Ws:list, H, bits:int=4, group_size:int=128, sym:bool=True
     Err = torch.empty(min(blocksize, K), N, dtype=dtype, device=dev)
     fused = kernel == "triton" or (kernel == "auto" and dev.type == "cuda" and triton_usable(dev, dtype, blocksize))
     if fused and not triton_usable(dev, dtype, blocksize):
-        raise ValueError(f"kernel='triton' needs Triton, float32 and blocksize <= 256 on a CUDA device (or "
+        raise ValueError("kernel='triton' needs Triton, float32 and blocksize <= 256 on a CUDA device (or "
                          "TRITON_INTERPRET=1 on CPU); use kernel='torch'.")
     gid_t = torch.tensor(gpos, dtype=torch.int32, device=dev) if fused else None
     threads, cpu = torch.get_num_threads(), dev.type == "cpu"

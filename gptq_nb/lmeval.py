@@ -107,7 +107,7 @@ def bench_lm_eval(checkpoint="out/smollm2-gptq-4bit-g64", limits:dict|None=None,
     import copy, time, torch
     from gptq_nb.demo import load_default_model
     from gptq_nb.io import from_quantized, read_quant_config
-    from gptq_nb.quantize import rtn_quantize_model
+    from gptq_nb.loop import rtn_quantize_model
     from gptq_nb.quant import QuantizeConfig
     limits = dict(limits or BENCH_LIMITS)
     qc = read_quant_config(checkpoint)   # before the long runs: no checkpoint, no table

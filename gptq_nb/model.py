@@ -15,7 +15,7 @@ from .quant import QuantizeConfig
 __all__ = ['TINY_ARCHS', 'MOE_ARCHS', 'EXPERT_PARAMS', 'is_linear', 'linear_weight', 'set_linear_weight', 'linear_shape',
            'tiny_causal_lm', 'tiny_moe_lm', 'find_blocks', 'find_linears', 'quantizable_linears', 'ExpertsSpec',
            'experts_spec', 'find_experts', 'expert_of', 'find_routers', 'unpackable', 'check_causal_lm', 'StopForward',
-           'stop_before', 'to_device', 'first_rows', 'capture_block_inputs', 'probe_block', 'find_stages']
+           'stop_before', 'first_rows', 'capture_block_inputs', 'probe_block', 'find_stages']
 
 # %% ../nbs/04_model.ipynb #c005
 def is_linear(m:nn.Module, packed:bool=False):
@@ -233,13 +233,6 @@ def stop_before(module:nn.Module|None):
     try: yield
     finally:
         if h is not None: h.remove()
-
-def to_device(obj, device):
-    "Move the tensors inside nested tuples/lists/dicts to `device`."
-    if torch.is_tensor(obj): return obj.to(device)
-    if isinstance(obj, (list, tuple)): return type(obj)(to_device(o, device) for o in obj)
-    if isinstance(obj, dict): return {k: to_device(v, device) for k, v in obj.items()}
-    return obj
 
 def first_rows(obj, B:int, k:int):
     "The first `k` of `B` batch rows of every tensor in `obj` (nested tuples/lists/dicts) that has them; other tensors as they are."

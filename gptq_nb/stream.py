@@ -15,7 +15,7 @@ from .budget import plan_batch_size
 from .io import (CheckpointError, SAFETENSORS_DTYPES, safetensors_header, checkpoint_files, parse_size, quantized_state_dict, model_class, _from_config,
                  quant_dict, write_model_files, staged_dir, shard_names, write_index, _write_report)
 from .experts import from_checkpoint_keys
-from .quantize import (QuantReport, MIN_CALIBRATION_TOKENS, calibration_batches, plan_layers, _check_coverage,
+from .loop import (QuantReport, MIN_CALIBRATION_TOKENS, calibration_batches, plan_layers, _check_coverage,
                               with_skips, run_block, BlockContext, _new_report, _close_report, _quantize_lm_head,
                               _default_device, _Replay, SingleProcess)
 

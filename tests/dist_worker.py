@@ -13,7 +13,7 @@ from gptq_nb.quantize import quantize
 
 
 def calib(n=12, L=40, seed=0):
-    "Uneven windows with structure (05_quantize's `calib`): correlated activations, padding in every batch."
+    "Uneven windows with structure (05_loop's `calib`): correlated activations, padding in every batch."
     g = torch.Generator().manual_seed(seed)
     base = torch.randint(0, 256, (8,), generator=g)
     return [{"input_ids": torch.cat([base[torch.randint(0, 8, (1,), generator=g)],
@@ -35,7 +35,7 @@ def run(out: str, cfg: dict, fail_rank: int = -1, n: int = 12):
     rank = ranks.rank if ranks else 0
     m = tiny_causal_lm("llama")
     if os.environ.get("FAIL_SOLVE"):   # the solver fails on this linear, on whichever rank solves it
-        import gptq_nb.quantize as q
+        import gptq_nb.loop as q
         solve = q.solve_method   # what 05's _solve_linears calls for every group of linears
         def failing(Ws, H, cfg, names=None, stats=None):
             if os.environ["FAIL_SOLVE"] in (names or []): raise torch.linalg.LinAlgError(f"injected solver failure in {os.environ['FAIL_SOLVE']}")

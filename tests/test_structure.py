@@ -8,15 +8,11 @@ PKG = Path(__file__).resolve().parents[1] / "gptq_nb"
 MAX_LINES = 60   # "no exported function over ~60 lines" (the project's rules, issue 19)
 LENGTH_EXEMPT = ("kernels",)   # the kernel room (Triton kernels), left to the kernels issue by issue 19
 
-# Imports that may point up the graph, each with why. An edge listed here must be a function-local import (a
-# module-level one would make importing either module fail half-way) and must still exist (a stale entry fails).
-UPWARD = {
-    ("gptq_nb.quantize", "gptq_nb.stream"):
-        "quantize(folder, ...) is the front door's dispatch to the streaming driver: stream is built on quantize's "
-        "model loop (run_block, BlockContext, QuantReport, calibration_batches, ...), so the folder path sits above the "
-        "module whose public quantize() accepts a folder; removing the edge means splitting 05's loop from its front "
-        "door into two modules, every `from gptq_nb.quantize import ...` moving with it",
-}
+# Imports that may point up the graph, each with why: `{("gptq_nb.a", "gptq_nb.b"): "why a imports b"}`. An edge listed
+# here must be a function-local import (a module-level one would make importing either module fail half-way) and must
+# still exist (a stale entry fails). None now: the last one, quantize -> stream, went when 05's model loop became
+# gptq_nb.loop and gptq_nb.quantize (16a) the front door above both the loop and the streaming driver.
+UPWARD: dict = {}
 
 
 def modules():

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from ..gptq import gptq_quantize
 from ..quant import QuantizeConfig
-from ..quantize import QuantReport, layer_record
+from ..loop import QuantReport, layer_record
 
 # %% auto #0
 __all__ = ['MODULE_ORDER', 'LLAMA_SHAPES', 'STAGES', 'PLOTLY_MIME', 'VIEW_JS', 'as_report', 'module_order', 'short_module',
