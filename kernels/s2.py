@@ -26,6 +26,7 @@ import torch, torch.nn as nn
 
 import gptq_nb.gptq as G
 import gptq_nb.quantize as Q
+import gptq_nb.loop as L   # the block loop: the names it calls live in its namespace
 import gptq_nb.hessian as HS
 from gptq_nb.quant import QuantizeConfig, QuantizedWeight, grid_params
 from gptq_nb.pack import pack_weight
@@ -215,11 +216,11 @@ def s2_run(sh, dev, n_win, seqlen, instrument):
     cfg = QuantizeConfig(bits=4, group_size=128, desc_act=False)
     ph = Phases(dev)
     if instrument:
-        ph.wrap(Q, "capture_block_inputs", "capture")
+        ph.wrap(L, "capture_block_inputs", "capture")
         ph.wrap(HS.Hessian, "add", "hessians")
-        ph.wrap(Q, "solve_method", "solves")   # 05 solves through the methods' dispatcher (32_qronos)
-        ph.wrap(Q, "layer_record", "records")
-        ph.wrap(Q, "set_linear_weight", "results_to_model")
+        ph.wrap(L, "solve_method", "solves")   # 05 solves through the methods' dispatcher (32_qronos)
+        ph.wrap(L, "layer_record", "records")
+        ph.wrap(L, "set_linear_weight", "results_to_model")
         ph.wrap(nn.Module, "to", "block_copies", pred=lambda self, *a, **k: type(self).__name__.endswith("DecoderLayer"))
     if dev != "cpu": torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
     sync(dev); t0 = time.perf_counter()
