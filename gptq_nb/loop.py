@@ -10,6 +10,7 @@ from pathlib import Path
 import torch, torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from .precision import calibration_dtype, calibrating_in, lower_inputs, master_weight
 from .quant import QuantizeConfig, QuantizedWeight, rtn_quantize
 from .hessian import Hessian, HessianHooks
 from .gptaq import needs_fp_inputs, fp_block_inputs, observe_fp
@@ -143,6 +144,7 @@ class BlockContext:
     routed: set = field(default_factory=set)      # linears that see a subset of the tokens
     fp: dict|None = None                   # full-precision inputs and statistics (nbs 31, 32)
     batch: tuple|None = None               # (mask, index) of the calibration batch being run
+    calibration_dtype: object = "auto"     # what the block's forwards compute in: 'auto', None (its own) or a dtype (nb 05b)
 
 # %% ../nbs/05_loop.ipynb #c012
 def _finish_linear(ctx, full:str, bi:int, module:str, stage:int, mod, W, H:Hessian, res, lcfg, extra:dict|None=None):
@@ -178,7 +180,7 @@ def _solve_linears(ctx, bi:int, stage:int, items:list, H:Hessian, extra:dict|Non
     mods = {full: mod for full, _, mod in items}
     for group in groups.values():
         names = [full for full, _ in group]
-        jobs.append((names, [linear_weight(mods[n]).detach().to(torch.float32, copy=True) for n in names], group[0][1]))  # copies: weights are overwritten
+        jobs.append((names, [master_weight(mods[n]).detach().to(torch.float32, copy=True) for n in names], group[0][1]))  # copies: weights are overwritten
     stats = (ctx.fp or {}).get("stats", {}).get(items[0][1])   # full-precision statistics of this input (nbs 31, 32)
     solve = lambda names, Ws, lcfg: solve_method(Ws, H.H, lcfg, names, stats)
     for (names, Ws, lcfg), res in zip(jobs, par.solve(jobs, solve)):
@@ -293,14 +295,14 @@ def with_skips(config:QuantizeConfig, skip:dict):
     return QuantizeConfig(**{**config.core_dict(), "dynamic": {**rules, **(config.dynamic or {})}})
 
 # %% ../nbs/05_loop.ipynb #c014d
-def _prepare_block(ctx, bi:int, cap):
-    "Unfuse block `bi`'s experts if any will be quantized, probe it; fills `ctx` and returns `(stages, groups)`."
+def _prepare_block(ctx, bi:int, cap, dtype=None):
+    "Unfuse block `bi`'s experts if any will be quantized, probe it (computing in `dtype`); fills `ctx` and returns `(stages, groups)`."
     block, cfg, pre = ctx.block, ctx.config, f"{ctx.prefix}.{bi}"
     todo = {n.rsplit(".", 2)[0] for n in planned_expert_linears(block) if cfg.for_module(f"{pre}.{n}") is not None}
     unfuse_experts(block, only=todo)   # names are `{container}.{expert}.{linear}`
     ctx.linears = linears = find_linears(block)
     ctx.experts = experts = find_experts(block)
-    stages, rows, n_tok = _probe_stages(block, cap, bi)
+    with calibrating_in(block, dtype): stages, rows, n_tok = _probe_stages(block, cap, bi)   # after unfusing: new experts' masters
     ctx.routed = {n for n in linears if expert_of(n, experts) is not None or rows.get(n, n_tok) != n_tok}
     legacy = [n for n in ctx.routed if not isinstance(block.get_submodule(n.rpartition(".")[0].rpartition(".")[0] or n), MoEExperts)]
     if legacy and ctx.moe["all_tokens"] and bi == 0:
@@ -411,10 +413,14 @@ def run_block(base:BlockContext, bi:int, block, caps:list, skip:dict, device, fp
     block.to(device)
     if isinstance(base, dict): base = BlockContext(**base)   # older callers passed a dict
     ctx = replace(base, block=block)
-    stages, groups = _prepare_block(ctx, bi, caps[0])
-    _fp_block_pass(ctx, bi, stages, caps, fp_hidden)   # methods that solve against the full-precision model (nbs 31, 32)
-    outs = quantize_block(ctx, bi, caps, stages, groups)
-    _finish_block(ctx, bi, stages, skip)
+    dt = calibration_dtype(block, device, ctx.calibration_dtype)   # bf16 forwards on a CPU that has them (nb 05b)
+    for c in caps: c["hidden"], c["block_args"][bi] = lower_inputs((c["hidden"], c["block_args"][bi]), dt)
+    if fp_hidden is not None: fp_hidden[:] = lower_inputs(fp_hidden, dt)
+    stages, groups = _prepare_block(ctx, bi, caps[0], dt)
+    with calibrating_in(block, dt):
+        _fp_block_pass(ctx, bi, stages, caps, fp_hidden)   # methods that solve against the full-precision model (nbs 31, 32)
+        outs = quantize_block(ctx, bi, caps, stages, groups)
+        _finish_block(ctx, bi, stages, skip)
     for c, o in zip(caps, outs):
         if not torch.isfinite(o).all():
             raise FloatingPointError(f"{ctx.prefix}.{bi} produced NaN/Inf on calibration data after quantization: "
@@ -476,6 +482,7 @@ def quantize_model(model:nn.Module,      # a Hugging Face causal LM, modified in
              min_coverage:float=0.5,     # refuse if less than this fraction of the blocks' weights would be quantized
              max_gpu_memory=None,        # GPU budget ("24GB", bytes); default the card: calibration forwards are chunked to fit
              parallel=None,              # `gptq_nb.distributed.Ranks()`: share the work among torch.distributed processes
+             calibration_dtype="auto",   # the blocks' forwards: "auto" (bf16 on a CPU with native bf16, nb 05b), None (the model's), a dtype
             ) -> QuantReport:
     "Quantize a loaded `model`'s decoder blocks (and `lm_head` if `config.lm_head`) with GPTQ, in place; returns the per-layer report."
     _check_method(config, parallel=parallel)
@@ -499,7 +506,8 @@ def quantize_model(model:nn.Module,      # a Hugging Face causal LM, modified in
     report = _new_report(model, config, blocks, batches, n_tok, device, coverage)
     mine, caps = _block0_inputs(model, calibration, mine, blocks, device, max_gpu_memory, config, tokenizer, pad_id, par)
     fp_hidden = [c["hidden"] for c in caps] if needs_fp_inputs(config) else None   # the full-precision model's, beside
-    base = BlockContext(config=qconfig, report=report, prefix=prefix, callback=callback, store_dir=store_dir, moe=moe, parallel=par)
+    base = BlockContext(config=qconfig, report=report, prefix=prefix, callback=callback, store_dir=store_dir, moe=moe, parallel=par,
+                        calibration_dtype=calibration_dtype)
     for bi in tqdm(range(len(blocks)), desc="GPTQ blocks", disable=not progress):
         home = next(blocks[bi].parameters()).device
         run_block(base, bi, blocks[bi], caps, skip, device, fp_hidden)
@@ -542,7 +550,7 @@ def _quantize_lm_head(model, batches, caps, config, report, device, parallel=Non
         model.to(device)   # the blocks are out of the tree: embeddings, final norm and head only
         with HessianHooks({"lm_head": head}, device) as hh, stop_before(head):
             for (ids, mask), c in zip(batches, caps):
-                hh.new_batch(mask.to(device)); store["hidden"] = c["hidden"].to(device)
+                hh.new_batch(mask.to(device)); store["hidden"] = c["hidden"].to(device, head.weight.dtype)   # blocks may have run in bf16
                 try: model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
                 except StopForward: pass
         ctx = BlockContext(config=config, report=report, parallel=parallel)

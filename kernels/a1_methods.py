@@ -56,6 +56,8 @@ def main(argv=None):
     ap.add_argument("--out", default="artifacts/a1_methods.jsonl")
     ap.add_argument("--progress-log", default=None, help="one line per solved layer (default: --out with .progress)")
     ap.add_argument("--windows", type=int, default=40)
+    ap.add_argument("--calibration-dtype", default="auto", choices=["auto", "model"],
+                    help="quantize_model's calibration_dtype: 'auto' (bf16 forwards on a CPU that has them, nb 05b) or the model's own")
     a = ap.parse_args(argv)
     from gptq_nb.data import c4_calibration, wikitext2_test_text
     from gptq_nb.demo import load_default_model
@@ -81,13 +83,14 @@ def main(argv=None):
         t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()[0]
         def cb(row, report, t0=t0):
             print(f"{key}:{bits} {row.get('name')} {time.perf_counter() - t0:.0f}s load {os.getloadavg()[0]:.1f}", file=plog)
-        report = quantize(m, cal, cfg, callback=cb, progress=False)
+        cal_dt = None if a.calibration_dtype == "model" else a.calibration_dtype
+        report = quantize(m, cal, cfg, callback=cb, progress=False, calibration_dtype=cal_dt)
         secs, cpu = time.perf_counter() - t0, time.process_time() - c0
         t1 = time.perf_counter()
         ppl = perplexity(m, win, progress=False)
         row = dict(key=key, method=label, bits=bits, ppl=ppl, seconds=secs, cpu_seconds=cpu,
                    eval_seconds=time.perf_counter() - t1, load_start=load0, load_end=os.getloadavg()[0],
-                   config=dataclasses.asdict(cfg), **layer_summary(report), **env)
+                   config=dataclasses.asdict(cfg), calibration_dtype=a.calibration_dtype, **layer_summary(report), **env)
         with open(out, "a") as f: f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
         del m, report
