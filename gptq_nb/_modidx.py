@@ -551,6 +551,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'gptq_nb.pack.unpack_weight': ('pack.html#unpack_weight', 'gptq_nb/pack.py'),
                               'gptq_nb.pack.unpack_zeros': ('pack.html#unpack_zeros', 'gptq_nb/pack.py')},
             'gptq_nb.precision': { 'gptq_nb.precision._lowered': ('precision.html#_lowered', 'gptq_nb/precision.py'),
+                                   'gptq_nb.precision.block_inputs': ('precision.html#block_inputs', 'gptq_nb/precision.py'),
                                    'gptq_nb.precision.calibrating_in': ('precision.html#calibrating_in', 'gptq_nb/precision.py'),
                                    'gptq_nb.precision.calibration_dtype': ('precision.html#calibration_dtype', 'gptq_nb/precision.py'),
                                    'gptq_nb.precision.lower_inputs': ('precision.html#lower_inputs', 'gptq_nb/precision.py'),

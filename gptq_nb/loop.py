@@ -10,7 +10,7 @@ from pathlib import Path
 import torch, torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .precision import calibration_dtype, calibrating_in, lower_inputs, master_weight
+from .precision import calibration_dtype, calibrating_in, block_inputs, master_weight
 from .quant import QuantizeConfig, QuantizedWeight, rtn_quantize
 from .hessian import Hessian, HessianHooks
 from .gptaq import needs_fp_inputs, fp_block_inputs, observe_fp
@@ -414,8 +414,8 @@ def run_block(base:BlockContext, bi:int, block, caps:list, skip:dict, device, fp
     if isinstance(base, dict): base = BlockContext(**base)   # older callers passed a dict
     ctx = replace(base, block=block)
     dt = calibration_dtype(block, device, ctx.calibration_dtype)   # bf16 forwards on a CPU that has them (nb 05b)
-    for c in caps: c["hidden"], c["block_args"][bi] = lower_inputs((c["hidden"], c["block_args"][bi]), dt)
-    if fp_hidden is not None: fp_hidden[:] = lower_inputs(fp_hidden, dt)
+    for c in caps: c["hidden"], c["block_args"][bi] = block_inputs((c["hidden"], c["block_args"][bi]), block, dt)
+    if fp_hidden is not None: fp_hidden[:] = block_inputs(fp_hidden, block, dt)
     stages, groups = _prepare_block(ctx, bi, caps[0], dt)
     with calibrating_in(block, dt):
         _fp_block_pass(ctx, bi, stages, caps, fp_hidden)   # methods that solve against the full-precision model (nbs 31, 32)

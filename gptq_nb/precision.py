@@ -10,7 +10,7 @@ import torch, torch.nn as nn
 from .model import is_linear, linear_weight, set_linear_weight
 
 # %% auto #0
-__all__ = ['native_bf16_cpu', 'calibration_dtype', 'master_weight', 'calibrating_in', 'lower_inputs']
+__all__ = ['native_bf16_cpu', 'calibration_dtype', 'master_weight', 'calibrating_in', 'lower_inputs', 'block_inputs']
 
 # %% ../nbs/05b_precision.ipynb #p005
 def native_bf16_cpu() -> bool:
@@ -57,10 +57,16 @@ def calibrating_in(block:nn.Module, dtype):
             for m in block.modules():
                 if is_linear(m) and hasattr(m, "gptq_result"): set_linear_weight(m, m.gptq_result.dequantize())
 
-def lower_inputs(x, dtype):
-    "`x` (a tensor, or tuples/lists/dicts of them) with its float32 tensors in `dtype`."
-    if dtype is None: return x
-    if isinstance(x, torch.Tensor): return x.to(dtype) if x.dtype == torch.float32 else x
-    if isinstance(x, (tuple, list)): return type(x)(lower_inputs(v, dtype) for v in x)
-    if isinstance(x, dict): return {k: lower_inputs(v, dtype) for k, v in x.items()}
+def lower_inputs(x, dtype, src=torch.float32):
+    "`x` (a tensor, or tuples/lists/dicts of them) with its `src` (float32) tensors in `dtype`."
+    if dtype is None or dtype == src: return x
+    if isinstance(x, torch.Tensor): return x.to(dtype) if x.dtype == src else x
+    if isinstance(x, (tuple, list)): return type(x)(lower_inputs(v, dtype, src) for v in x)
+    if isinstance(x, dict): return {k: lower_inputs(v, dtype, src) for k, v in x.items()}
     return x
+
+def block_inputs(x, block:nn.Module, dtype):
+    "`x` ready for `block` computing in `dtype` (None: its own): float32 lowered, or bf16 left by a lowered block lifted back."
+    if dtype is not None: return lower_inputs(x, dtype)
+    own = {p.dtype for p in block.parameters() if p.is_floating_point()}
+    return lower_inputs(x, torch.float32, src=torch.bfloat16) if own == {torch.float32} else x
