@@ -322,7 +322,7 @@ def quantize_folder(folder, calibration, config:QuantizeConfig|None=None, save_d
                     work_dir=None, max_gpu_memory=None, dtype=None, max_shard_size="4GB", callback=None, store_dir=None,
                     progress:bool=True, experts_all_tokens:bool=False, min_expert_tokens:int=MIN_CALIBRATION_TOKENS,
                     expert_fallback:str="all_tokens", min_coverage:float=0.5, keep_work_dir:bool=False,
-                    parallel=None) -> QuantReport:
+                    parallel=None, calibration_dtype="auto") -> QuantReport:
     "Quantize the checkpoint in `folder` block by block from its files into a GPTQ checkpoint at `save_dir`; resumable."
     if save_dir is None: raise ValueError("quantizing a checkpoint folder streams the result to disk: pass save_dir=.")
     folder, save_dir = Path(folder), Path(save_dir)
@@ -347,6 +347,7 @@ def quantize_folder(folder, calibration, config:QuantizeConfig|None=None, save_d
     home = Path(work_dir or save_dir.parent / f".{save_dir.name}.gptq-work")
     settings = run_settings(folder, index, config, batches, dtype, device, max_gpu_memory, moe)
     if par.world > 1: settings["ranks"] = par.world   # each rank keeps its own inputs, in its own folder
+    settings["calibration_dtype"] = str(calibration_dtype)   # 'auto': bf16 forwards on a CPU that has them (nb 05b)
     work = WorkDir(home / f"rank{par.rank}-of-{par.world}" if par.world > 1 else home, settings, 1 if par.world == 1 else 2)
     report = _new_report(model, config, blocks, batches, n_tok, device, coverage)   # names the folder (the skeleton's _name_or_path)
     if not work.state["planned"] and config.batch_size is None and device.type == "cuda" and par.world == 1:
@@ -360,7 +361,7 @@ def quantize_folder(folder, calibration, config:QuantizeConfig|None=None, save_d
     work.restore(report, skip, caps, device)
     report.summary.update(batch_size=work.state["batch_size"] or len(batches[0][0]), resumed_at=work.done)
     base = BlockContext(config=qconfig, report=report, prefix=prefix, callback=callback, store_dir=store_dir, moe=moe,
-                        parallel=par)
+                        parallel=par, calibration_dtype=calibration_dtype)
     bar = tqdm(total=len(blocks), initial=work.done, desc="GPTQ blocks (from files)", disable=not progress)
     for bi in range(work.done, len(blocks)):
         _stream_block(base, bi, blocks[bi], index, caps, skip, work, stored, device, dtype)
