@@ -245,6 +245,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'gptq_nb.gptq._block_torch': ('gptq.html#_block_torch', 'gptq_nb/gptq.py'),
                               'gptq_nb.gptq._block_triton': ('gptq.html#_block_triton', 'gptq_nb/gptq.py'),
                               'gptq_nb.gptq._check_layer': ('gptq.html#_check_layer', 'gptq_nb/gptq.py'),
+                              'gptq_nb.gptq._fortran': ('gptq.html#_fortran', 'gptq_nb/gptq.py'),
+                              'gptq_nb.gptq._ordered_hessian': ('gptq.html#_ordered_hessian', 'gptq_nb/gptq.py'),
                               'gptq_nb.gptq._result': ('gptq.html#_result', 'gptq_nb/gptq.py'),
                               'gptq_nb.gptq._solve_setup': ('gptq.html#_solve_setup', 'gptq_nb/gptq.py'),
                               'gptq_nb.gptq.gptq_quantize': ('gptq.html#gptq_quantize', 'gptq_nb/gptq.py'),
