@@ -636,6 +636,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'gptq_nb.stream.free_block': ('stream.html#free_block', 'gptq_nb/stream.py'),
                                 'gptq_nb.stream.load_block': ('stream.html#load_block', 'gptq_nb/stream.py'),
                                 'gptq_nb.stream.load_skeleton': ('stream.html#load_skeleton', 'gptq_nb/stream.py'),
+                                'gptq_nb.stream.pin_mmap_threshold': ('stream.html#pin_mmap_threshold', 'gptq_nb/stream.py'),
                                 'gptq_nb.stream.quantize_folder': ('stream.html#quantize_folder', 'gptq_nb/stream.py'),
                                 'gptq_nb.stream.read_tensor': ('stream.html#read_tensor', 'gptq_nb/stream.py'),
                                 'gptq_nb.stream.run_settings': ('stream.html#run_settings', 'gptq_nb/stream.py'),
