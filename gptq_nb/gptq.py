@@ -8,23 +8,36 @@ import os, time
 from dataclasses import dataclass
 import torch
 from .quant import QuantizedWeight, check_bits_group, grid_params, rtn_quantize, n_groups
+from .hessian import all_finite
 
 # %% auto #0
 __all__ = ['BLOCK_KERNEL', 'inverse_cholesky', 'GPTQResult', 'proxy_loss', 'processing_order', 'gptq_reference', 'lazy_blocks',
            'triton_usable', 'gptq_quantize_many', 'gptq_quantize']
 
 # %% ../nbs/03_gptq.ipynb #c005
-def inverse_cholesky(H, damp_percent:float=0.01, max_tries:int=12):
-    "Upper Cholesky factor `U` of `(H + λ·mean(diag H)·I)⁻¹` (`Uᵀ U`) and the `λ` used, doubling `λ` until it succeeds."
+def _fortran(t): return t.dim() == 2 and t.stride() == (1, t.shape[0])   # column-major: LAPACK's layout
+
+def inverse_cholesky(H, damp_percent:float=0.01, max_tries:int=12, remake=None):
+    """Upper Cholesky factor `U` of `(H + λ·mean(diag H)·I)⁻¹` (`Uᵀ U`) and the `λ` used, doubling `λ` until it succeeds.
+    `remake`: a function giving `H` again; `H`'s memory then becomes the inverse's workspace (its contents are lost) and
+    `remake()` brings it back the rare time a factor inverts to Inf and a larger `λ` is tried."""
     mean, K = torch.diag(H).mean(), H.shape[0]
-    I = torch.eye(K, dtype=H.dtype, device=H.device)
-    damp = damp_percent
+    damp, info = damp_percent, torch.zeros((), dtype=torch.int32, device=H.device)
     for _ in range(max_tries):
-        Hr = H.flip(0, 1) + (damp * mean) * I          # J·H·J (J reverses the order), damped
-        L, info = torch.linalg.cholesky_ex(Hr)
+        c = damp * mean
+        Hr = H.flip(0, 1).add_(c * 0)   # J·H·J (J reverses the order), + λ·mean·I in place: its zeros (-0.0 -> 0.0) ...
+        Hr.diagonal().add_(c)           # ... and its diagonal
+        if _fortran(Hr): L, info = torch.linalg.cholesky_ex(Hr, out=(Hr, info))   # in place (H column-major)
+        else: L, info = torch.linalg.cholesky_ex(Hr)
+        del Hr
         if info == 0:
-            U = torch.linalg.solve_triangular(L, I, upper=False).flip(0, 1)
-            if torch.isfinite(U).all(): return U, damp
+            buf = None if remake is None else H if _fortran(H) else H.T if H.is_contiguous() else None
+            if buf is None: I = torch.eye(K, dtype=H.dtype, device=H.device).T   # column-major: solved in place
+            else: I = buf.zero_(); I.diagonal().fill_(1); H = buf = None        # H's memory: I, then L⁻¹
+            X = torch.linalg.solve_triangular(L, I, upper=False, out=I); del L, I
+            U = X.flip(0, 1); del X
+            if all_finite(U): return U, damp
+            if H is None: H = remake()
         damp = damp * 2 if damp > 0 else 0.01
     raise torch.linalg.LinAlgError(f"H is not positive definite even with damp_percent={damp/2:g}: the calibration "
         "data is too small or degenerate for this layer; use more (or more varied) calibration samples.")
@@ -44,7 +57,7 @@ class GPTQResult:
 def proxy_loss(W, What, H):
     "`tr(ΔW·H·ΔWᵀ)`: the layer's summed squared output error over the calibration tokens (per token, ×2)."
     dW = (W.float() - What.float())
-    return float(((dW @ H.float()) * dW).sum())
+    return float((dW @ H.float()).mul_(dW).sum())   # in place: one N × K temporary fewer
 
 # %% ../nbs/03_gptq.ipynb #c011
 def processing_order(h_diag, K:int, group_size:int, desc_act:bool, act_group_aware:bool):
@@ -58,25 +71,34 @@ def processing_order(h_diag, K:int, group_size:int, desc_act:bool, act_group_awa
                       for gi in torch.argsort(gmax, descending=True, stable=True).tolist()])
 
 # %% ../nbs/03_gptq.ipynb #c015
+def _ordered_hessian(H, perm, dead):
+    "A copy of `H` in processing order (`perm`, or as it is), column-major (factored in place), dead inputs' `H_jj` set to 1."
+    Hp = (H.T.clone(memory_format=torch.contiguous_format) if perm is None else H.T[perm[:, None], perm]).T   # one copy
+    d = dead if perm is None else dead[perm]
+    Hp[d, d] = 1
+    return Hp
+
 def _solve_setup(W, H, bits:int, group_size:int, sym:bool, desc_act:bool, static_groups:bool, mse:float,
                  act_group_aware:bool, zero_min:int=0):
-    """What every solver does before its column loop, on fresh copies `W` `[N, K]` and `H`: dead inputs zeroed,
-    static grids fixed, columns ordered. Returns (W, H) in processing order, the grids, `perm` (or None), the original
-    column at each position, each position's group and the group sizes."""
+    """What every solver does before its column loop, on a fresh copy `W` `[N, K]` and `H` (left as it is): dead inputs
+    zeroed, static grids fixed, columns ordered. Returns `Wt` (`W`ᵀ `[K, N]`, contiguous) and a copy of `H`, both in
+    processing order, the grids, `perm` (or None), the original column at each position, each position's group and
+    the group sizes."""
     N, K = W.shape
     g, G = (K if group_size == -1 else group_size), n_groups(K, group_size)
     dead = torch.diag(H) == 0
-    H[dead, dead] = 1; W[:, dead] = 0
+    W[:, dead] = 0
     scales, zeros = (torch.zeros(G, N, dtype=W.dtype, device=W.device) for _ in range(2))
     if static_groups:
         for gi in range(G):
             s, z = grid_params(W[:, gi*g:(gi+1)*g], bits, sym, mse, zero_min=zero_min); scales[gi], zeros[gi] = s[:, 0], z[:, 0]
-    perm = processing_order(torch.diag(H), K, g, desc_act, act_group_aware)
-    if perm is not None: W, H = W[:, perm], H[perm][:, perm]
+    perm = processing_order(torch.diag(H).masked_fill_(dead, 1), K, g, desc_act, act_group_aware)
+    Wt = W.T.contiguous() if perm is None else W.T.index_select(0, perm)   # each column of W a contiguous row
+    H = _ordered_hessian(H, perm, dead)
     # group of each processing position: by position under act-order, else the original column's group
     natural = torch.arange(K) if perm is None else perm.cpu()
     gpos = (torch.arange(K) // g if desc_act and not static_groups else natural // g).tolist()
-    return W, H, scales, zeros, perm, natural, gpos, torch.bincount(torch.tensor(gpos), minlength=G).tolist()
+    return Wt, H, scales, zeros, perm, natural, gpos, torch.bincount(torch.tensor(gpos), minlength=G).tolist()
 
 def gptq_reference(W, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act:bool=False,
                    static_groups:bool=False, damp_percent:float=0.01, mse:float=0.0, blocksize:int=128,
@@ -84,25 +106,25 @@ def gptq_reference(W, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act
     "GPTQ of `W` `[N, K]` given its input Hessian `H` `[K, K]`, plainly (one Python step per column): the specification `gptq_quantize` is tested against."
     check_bits_group(bits, group_size)
     t0 = time.perf_counter()
-    if not torch.isfinite(W).all():
+    if not all_finite(W):
         raise ValueError("the weight contains NaN/Inf: the checkpoint is damaged or was loaded in a dtype that "
                          "overflowed; reload it in float32/bfloat16.")
     N, K = W.shape
     if H.shape != (K, K): raise ValueError(f"H has shape {tuple(H.shape)}, expected ({K}, {K}) for W of shape {(N, K)}.")
     maxq = 2 ** bits - 1
     W0, H0 = W, H
-    W, H = W.to(dtype).clone(), H.to(W.device, dtype).clone()
-    W, H, scales, zeros, perm, natural, gpos, gsize = _solve_setup(W, H, bits, group_size, sym, desc_act, static_groups,
-                                                                   mse, act_group_aware, zero_min)
+    dev = W.device
+    Wt, H, scales, zeros, perm, natural, gpos, gsize = _solve_setup(W.to(dtype, copy=True), H.to(dev, dtype), bits,
+                                                                    group_size, sym, desc_act, static_groups, mse,
+                                                                    act_group_aware, zero_min)
     U, damp = inverse_cholesky(H, damp_percent)
     del H
-    Wt = W.T.contiguous()                  # [K, N]: each column of W is a contiguous row here
-    codes = torch.empty(K, N, dtype=dtype, device=W.device)
-    threads, cpu = torch.get_num_threads(), W.device.type == "cpu"
+    codes = torch.empty(K, N, dtype=dtype, device=dev)
+    threads, cpu = torch.get_num_threads(), dev.type == "cpu"
     try:
         for i1 in range(0, K, blocksize):
             i2 = min(i1 + blocksize, K)
-            W1, Err1, U1 = Wt[i1:i2].clone(), torch.empty(i2 - i1, N, dtype=dtype, device=W.device), U[i1:i2, i1:i2]
+            W1, Err1, U1 = Wt[i1:i2].clone(), torch.empty(i2 - i1, N, dtype=dtype, device=dev), U[i1:i2, i1:i2]
             if cpu: torch.set_num_threads(1)   # the column loop is many tiny ops: threads only add overhead
             for i in range(i2 - i1):
                 col, gi = i1 + i, gpos[i1 + i]
@@ -125,9 +147,9 @@ def gptq_reference(W, H, bits:int=4, group_size:int=128, sym:bool=True, desc_act
     codes = codes.T
     g_idx = torch.empty(K, dtype=torch.int32); g_idx[natural] = torch.tensor(gpos, dtype=torch.int32)
     if perm is not None: codes = codes[:, torch.argsort(perm)]
-    qw = QuantizedWeight(codes.to(torch.uint8), scales.float(), zeros.float(), g_idx.to(W.device), bits, group_size, sym,
+    qw = QuantizedWeight(codes.to(torch.uint8), scales.float(), zeros.float(), g_idx.to(dev), bits, group_size, sym,
                          perm)
-    H0 = H0.to(W.device)
+    H0 = H0.to(dev)
     loss = proxy_loss(W0, qw.dequantize(), H0)
     rtn_qw = rtn_quantize(W0, bits, group_size, sym, mse, zero_min) if rtn else None
     rtn_loss = proxy_loss(W0, rtn_qw.dequantize(), H0) if rtn else float("nan")
@@ -209,7 +231,7 @@ def _check_layer(W, H, name:str=""):
     if W.ndim != 2 or H.shape != (W.shape[1], W.shape[1]):
         raise ValueError(f"{who}H has shape {tuple(H.shape)}, expected ({W.shape[-1]}, {W.shape[-1]}) for W of shape "
                          f"{tuple(W.shape)}.")
-    if not torch.isfinite(W).all():
+    if not all_finite(W):
         raise ValueError(f"{who}the weight contains NaN/Inf: the checkpoint is damaged or was loaded in a dtype that "
                          "overflowed; reload it in float32/bfloat16.")
 
@@ -226,16 +248,16 @@ def gptq_quantize_many(Ws:list, H, bits:int=4, group_size:int=128, sym:bool=True
     for j, W in enumerate(Ws): _check_layer(W, H, names[j] if names else "")
     K, Ns, dev = H.shape[0], [W.shape[0] for W in Ws], Ws[0].device
     maxq, N = 2 ** bits - 1, sum(Ns)
-    W = torch.cat([w.to(dtype) for w in Ws]) if len(Ws) > 1 else Ws[0].to(dtype).clone()
-    H0, H = H, H.to(dev, dtype).clone()
-    dead = torch.diag(H) == 0
-    W, H, scales, zeros, perm, natural, gpos, gsize = _solve_setup(W, H, bits, group_size, sym, desc_act, static_groups,
-                                                                   mse, act_group_aware, zero_min)
-    U, damp = inverse_cholesky(H, damp_percent)
-    del H
+    W = torch.cat([w.to(dtype) for w in Ws]) if len(Ws) > 1 else Ws[0].to(dtype, copy=True)
+    H0 = H
+    dead = torch.diag(H).to(dev, dtype) == 0
+    Wt, H, scales, zeros, perm, natural, gpos, gsize = _solve_setup(W, H.to(dev, dtype), bits, group_size, sym, desc_act,
+                                                                    static_groups, mse, act_group_aware, zero_min)
+    del W                                     # Wt [K, N]: each column of W is a contiguous row
+    U, damp = inverse_cholesky(H, damp_percent, remake=lambda: _ordered_hessian(H0.to(dev, dtype), perm, dead))
+    del H                                     # spent: it held the inverse's workspace
     P = None if extra_update is None else extra_update(U, perm, dead)
     if P is not None: kernel = "torch"
-    Wt = W.T.contiguous(); del W              # [K, N]: each column of W is a contiguous row here
     codes = torch.empty(K, N, dtype=torch.uint8, device=dev)
     Err = torch.empty(min(blocksize, K), N, dtype=dtype, device=dev)
     fused = kernel == "triton" or (kernel == "auto" and dev.type == "cuda" and triton_usable(dev, dtype, blocksize))
@@ -259,7 +281,7 @@ def gptq_quantize_many(Ws:list, H, bits:int=4, group_size:int=128, sym:bool=True
             Wt[i2:].addmm_(U[i1:i2, i2:].T, Err1, alpha=-1)               # the lazy update of everything after it
             if P is not None: Wt[i2:].addmm_(P[i1:i2, i2:].T, W1)          # W1: the block's columns as quantized
     finally: torch.set_num_threads(threads)
-    del Wt, Err
+    del Wt, Err, U, P, W1, U1, Err1           # (the views too) before the losses: their N × K temporaries come on top
     g_idx = torch.empty(K, dtype=torch.int32); g_idx[natural] = torch.tensor(gpos, dtype=torch.int32)
     g_idx, inv = g_idx.to(dev), (None if perm is None else torch.argsort(perm))
     seconds, out, off = time.perf_counter() - t0, [], 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 # %% auto #0
-__all__ = ['Hessian', 'HessianHooks']
+__all__ = ['all_finite', 'Hessian', 'HessianHooks']
 
 # %% ../nbs/02_hessian.ipynb #c005
 def _gram(H, a, b, alpha:float):
@@ -30,6 +30,15 @@ def _add_gram(H, x, alpha:float):
     for i in range(p):
         for j in range(i + 1, p): H[e[j]:e[j+1], e[i]:e[i+1]] = H[e[i]:e[i+1], e[j]:e[j+1]].T
 
+
+# %% ../nbs/02_hessian.ipynb #c007c
+def all_finite(t:torch.Tensor, chunk_rows:int|None=None) -> bool:
+    "`bool(torch.isfinite(t).all())`, checked `chunk_rows` rows at a time (default: about 2¹⁸ elements a chunk)."
+    if t.dim() < 2: return bool(torch.isfinite(t).all())
+    if chunk_rows is None: chunk_rows = max(1, (1 << 18) // max(1, t.numel() // max(1, t.shape[0])))
+    ok = torch.ones((), dtype=torch.bool, device=t.device)
+    for i in range(0, t.shape[0], chunk_rows): ok &= torch.isfinite(t[i:i + chunk_rows]).all()
+    return bool(ok)
 
 # %% ../nbs/02_hessian.ipynb #c008
 class Hessian:
@@ -55,7 +64,7 @@ class Hessian:
         self.H.mul_(self.n / (self.n + n))
         self.n += n
         _add_gram(self.H, x, 2 / self.n)
-        if not torch.isfinite(self.H).all():   # a NaN/Inf input always reaches H; checking K² beats checking n·K
+        if not all_finite(self.H):   # a NaN/Inf input always reaches H; checking K² beats checking n·K
             raise FloatingPointError(f"NaN/Inf in the inputs of {self.name or 'a layer'}: the model overflowed on "
                 "calibration data (common in float16); run the model in bfloat16/float32 or check earlier layers.")
         return self

@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_stream.ipynb #s002
 from __future__ import annotations
-import contextlib, ctypes, gc, hashlib, json, os, shutil, struct, threading, time, uuid
+import contextlib, ctypes, gc, hashlib, json, os, shutil, struct, sys, threading, time, uuid
 from dataclasses import replace
 from pathlib import Path
 import torch, torch.nn as nn
@@ -20,9 +20,9 @@ from .loop import (QuantReport, MIN_CALIBRATION_TOKENS, calibration_batches, pla
                               _default_device, _Replay, SingleProcess)
 
 # %% auto #0
-__all__ = ['tensor_index_of', 'tensor_index', 'read_tensor', 'write_safetensors', 'concat_safetensors', 'empty_weights',
-           'load_skeleton', 'load_block', 'free_block', 'block_tensors', 'run_settings', 'WorkDir', 'write_checkpoint',
-           'quantize_folder']
+__all__ = ['MMAP_THRESHOLD', 'tensor_index_of', 'tensor_index', 'read_tensor', 'write_safetensors', 'concat_safetensors',
+           'empty_weights', 'load_skeleton', 'load_block', 'free_block', 'block_tensors', 'run_settings', 'WorkDir',
+           'write_checkpoint', 'pin_mmap_threshold', 'quantize_folder']
 
 # %% ../nbs/16_stream.ipynb #s005
 _NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}   # torch dtype -> its safetensors name
@@ -301,6 +301,15 @@ def _outside_blocks(model, prefix, blocks, config, dtype):
     finally:
         for i, b in enumerate(orig): blocks[i] = b
 
+# %% ../nbs/16_stream.ipynb #s026a
+MMAP_THRESHOLD = 1 << 20   # bytes: allocations from this size up are mapped afresh, and unmapped when freed
+
+def pin_mmap_threshold(nbytes:int=MMAP_THRESHOLD) -> bool:
+    "glibc only (Linux): pin malloc's mmap threshold at `nbytes` for the rest of the process; whether it was set."
+    if not sys.platform.startswith("linux"): return False
+    try: return ctypes.CDLL("libc.so.6").mallopt(-3, int(nbytes)) == 1   # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError): return False   # not glibc (musl: no libc.so.6)
+
 # %% ../nbs/16_stream.ipynb #s028
 def _stream_block(base:BlockContext, bi:int, block, index:dict, caps:list, skip:dict, work:WorkDir, stored, device, dtype):
     "Block `bi`'s turn from the files: read, quantized (`run_block`), packed (by rank 0), freed, and committed to `work`."
@@ -331,6 +340,7 @@ def quantize_folder(folder, calibration, config:QuantizeConfig|None=None, save_d
     config = config or QuantizeConfig()
     device = torch.device(device) if device is not None else _default_device()
     t0 = time.perf_counter()
+    pin_mmap_threshold()   # large temporaries go back to the OS when freed: the peak stays one block's
     par = parallel or SingleProcess()
     if par.rank != 0: progress, store_dir = False, None   # one progress bar, one writer
     model, index, stored = load_skeleton(folder, dtype)
