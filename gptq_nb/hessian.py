@@ -35,7 +35,7 @@ def _add_gram(H, x, alpha:float):
 def all_finite(t:torch.Tensor, chunk_rows:int|None=None) -> bool:
     "`bool(torch.isfinite(t).all())`, checked `chunk_rows` rows at a time (default: about 2¹⁸ elements a chunk, 2²² on a GPU)."
     if t.dim() < 2: return bool(torch.isfinite(t).all())
-    per = (1 << 22) if t.is_cuda else (1 << 18)   # a GPU pays a launch per chunk: fewer, larger ones (~7 MiB of temporaries)
+    per = (1 << 22) if t.is_cuda else (1 << 18)   # a GPU pays a launch per chunk: fewer, larger ones (~28 MiB of temporaries)
     if chunk_rows is None: chunk_rows = max(1, per // max(1, t.numel() // max(1, t.shape[0])))
     ok = torch.ones((), dtype=torch.bool, device=t.device)
     for i in range(0, t.shape[0], chunk_rows): ok &= torch.isfinite(t[i:i + chunk_rows]).all()
