@@ -478,6 +478,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'gptq_nb.loop._solve_linear': ('loop.html#_solve_linear', 'gptq_nb/loop.py'),
                               'gptq_nb.loop._solve_linears': ('loop.html#_solve_linears', 'gptq_nb/loop.py'),
                               'gptq_nb.loop._solve_stage': ('loop.html#_solve_stage', 'gptq_nb/loop.py'),
+                              'gptq_nb.loop._unfuse_planned': ('loop.html#_unfuse_planned', 'gptq_nb/loop.py'),
                               'gptq_nb.loop.calibration_batches': ('loop.html#calibration_batches', 'gptq_nb/loop.py'),
                               'gptq_nb.loop.expert_table': ('loop.html#expert_table', 'gptq_nb/loop.py'),
                               'gptq_nb.loop.fit_batch_size': ('loop.html#fit_batch_size', 'gptq_nb/loop.py'),

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .precision import calibration_dtype, calibrating_in, block_inputs, master_weight
 from .quant import QuantizeConfig, QuantizedWeight, rtn_quantize
-from .hessian import Hessian, HessianHooks
+from .hessian import Hessian, HessianHooks, all_finite
 from .gptaq import needs_fp_inputs, fp_block_inputs, observe_fp
 from .qronos import solve_method
 from .model import (find_blocks, find_linears, capture_block_inputs, linear_weight, set_linear_weight, linear_shape,
@@ -295,14 +295,17 @@ def with_skips(config:QuantizeConfig, skip:dict):
     return QuantizeConfig(**{**config.core_dict(), "dynamic": {**rules, **(config.dynamic or {})}})
 
 # %% ../nbs/05_loop.ipynb #c014d
-def _prepare_block(ctx, bi:int, cap, dtype=None):
-    "Unfuse block `bi`'s experts if any will be quantized, probe it (computing in `dtype`); fills `ctx` and returns `(stages, groups)`."
+def _unfuse_planned(ctx, bi:int):
+    "Unfuse block `bi`'s fused experts that will be quantized (into per-expert linears, `{container}.{expert}.{linear}`)."
     block, cfg, pre = ctx.block, ctx.config, f"{ctx.prefix}.{bi}"
-    todo = {n.rsplit(".", 2)[0] for n in planned_expert_linears(block) if cfg.for_module(f"{pre}.{n}") is not None}
-    unfuse_experts(block, only=todo)   # names are `{container}.{expert}.{linear}`
+    unfuse_experts(block, only={n.rsplit(".", 2)[0] for n in planned_expert_linears(block) if cfg.for_module(f"{pre}.{n}") is not None})
+
+def _prepare_block(ctx, bi:int, cap):
+    "Probe block `bi` (its experts unfused); fills `ctx` and returns `(stages, groups)`."
+    block, cfg = ctx.block, ctx.config
     ctx.linears = linears = find_linears(block)
     ctx.experts = experts = find_experts(block)
-    with calibrating_in(block, dtype): stages, rows, n_tok = _probe_stages(block, cap, bi)   # after unfusing: new experts' masters
+    stages, rows, n_tok = _probe_stages(block, cap, bi)
     ctx.routed = {n for n in linears if expert_of(n, experts) is not None or rows.get(n, n_tok) != n_tok}
     legacy = [n for n in ctx.routed if not isinstance(block.get_submodule(n.rpartition(".")[0].rpartition(".")[0] or n), MoEExperts)]
     if legacy and ctx.moe["all_tokens"] and bi == 0:
@@ -416,13 +419,14 @@ def run_block(base:BlockContext, bi:int, block, caps:list, skip:dict, device, fp
     dt = calibration_dtype(block, device, ctx.calibration_dtype)   # bf16 forwards on a CPU that has them (nb 05b)
     for c in caps: c["hidden"], c["block_args"][bi] = block_inputs((c["hidden"], c["block_args"][bi]), block, dt)
     if fp_hidden is not None: fp_hidden[:] = block_inputs(fp_hidden, block, dt)
-    stages, groups = _prepare_block(ctx, bi, caps[0], dt)
+    _unfuse_planned(ctx, bi)   # before lowering: the new experts' weights are lowered (and kept) with the rest
     with calibrating_in(block, dt):
+        stages, groups = _prepare_block(ctx, bi, caps[0])
         _fp_block_pass(ctx, bi, stages, caps, fp_hidden)   # methods that solve against the full-precision model (nbs 31, 32)
         outs = quantize_block(ctx, bi, caps, stages, groups)
         _finish_block(ctx, bi, stages, skip)
     for c, o in zip(caps, outs):
-        if not torch.isfinite(o).all():
+        if not all_finite(o):
             raise FloatingPointError(f"{ctx.prefix}.{bi} produced NaN/Inf on calibration data after quantization: "
                                      "the activations overflowed (common in float16); run the model in "
                                      "bfloat16 or float32.")
@@ -436,7 +440,7 @@ def fit_batch_size(block, caps:list, device, max_gpu_memory=None, batch_size=Non
 def _check_inputs(model, expert_fallback:str):
     "Refuse weights that are already NaN/Inf, and an unknown `expert_fallback`."
     for n, p in model.named_parameters():
-        if not torch.isfinite(p).all():
+        if not all_finite(p):
             raise ValueError(f"{n} contains NaN/Inf: the checkpoint is damaged or overflowed when loaded; reload it "
                              "in float32/bfloat16.")
     if expert_fallback not in ("all_tokens", "rtn"):

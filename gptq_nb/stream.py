@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from .quant import QuantizeConfig
 from .model import find_blocks, find_experts, capture_block_inputs
 from .budget import plan_batch_size
+from .hessian import all_finite
 from .io import (CheckpointError, SAFETENSORS_DTYPES, safetensors_header, checkpoint_files, parse_size, quantized_state_dict, model_class, _from_config,
                  quant_dict, write_model_files, staged_dir, shard_names, write_index, _write_report)
 from .experts import from_checkpoint_keys
@@ -155,7 +156,7 @@ def load_block(block:nn.Module, name:str, index:dict, device, dtype=None):
         e = index.get(f"{name}.{k}")
         if e is None: raise CheckpointError(f"missing tensor {name}.{k!r}: the checkpoint is incomplete or for another config.")
         t = read_tensor(e, device, dtype)
-        if t.is_floating_point() and not torch.isfinite(t).all():
+        if t.is_floating_point() and not all_finite(t):
             raise ValueError(f"{name}.{k} contains NaN/Inf: the checkpoint is damaged or overflowed when it was saved.")
         sd[k] = t
     block.load_state_dict(sd, assign=True)
