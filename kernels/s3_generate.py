@@ -20,7 +20,7 @@ of 3 after 1. Peak GPU memory: `max_memory_allocated` over the model's timed (st
 separately over its first calls (set-up included: merge, compile, capture, cache), `peak_mem_first_call(s)_gib`. Greedy check: the quantized model's first
 32 tokens against the same model with the set-up switched off (`gptq_nb_generate.enabled = False`: transformers'
 eager dynamic-cache path, unmerged kernels' numerics aside), batch 1 and 8. Optional last: the quantized model with a
-4-bit lm_head too (--lm-head). --fp16-loop adds the fp16 model through gptq_nb's decode loop (what fp16 would gain from
+4-bit lm_head too (--lm-head); --ab-ordered: a second quantized model with the ordered split-K sums. --fp16-loop adds the fp16 model through gptq_nb's decode loop (what fp16 would gain from
 the same loop). The loop's CUDA-graph replay is checked against the same loop run eagerly (identical tokens expected). Everything goes to --out/s3_generate_<model>.json, rewritten after each phase.
 """
 import argparse, datetime, functools, json, os, subprocess, sys, time, traceback
@@ -194,6 +194,8 @@ def main():
     ap.add_argument("--check-tokens", type=int, default=32); ap.add_argument("--lm-head", action="store_true")
     ap.add_argument("--skip-fp16", action="store_true"); ap.add_argument("--tuned")
     ap.add_argument("--fp16-loop", action="store_true", help="also the fp16 model through gptq_nb's decode loop (install_generate)")
+    ap.add_argument("--ab-ordered", action="store_true", help="also a second quantized model whose decode kernel sums "
+                    "split-K partials in order (the pre-atomic default), batches <= 8: the atomic sums' gain in one call")
     ap.add_argument("--time-limit", type=float, default=1e9, help="seconds; later phases are skipped past it")
     args = ap.parse_args()
     T0 = time.time()
@@ -251,6 +253,19 @@ def main():
             if i == 0:
                 for label, (m, extra) in models.items(): run.ttft(label, m, extra)
         result["merged_groups"] = st.merged_groups; result["cache_calls"] = st.calls[-12:]; save()
+        if args.ab_ordered and not run.over():
+            from gptq_nb.kernels import gemm as G
+            rule = G._decode_rule
+            G._decode_rule = lambda *a: (lambda c: c and c._replace(atomic_reduce=False))(rule(*a))
+            G._PLANS.clear()
+            try:
+                qo = decode.build_model(cfg, dev, dtype); qo.generation_config.pad_token_id = 0
+                decode.quantize_in_place(qo, dev, dtype); install_generate(qo, **kw)
+                log("== gptq, ordered split-K sums (A/B)")
+                for B in [b for b in args.batches if b <= 8]: run.batch("gptq_ordered_sums", qo, {}, B)
+            finally: G._decode_rule = rule
+            del qo
+            if dev.type == "cuda": torch.cuda.empty_cache()
         if args.lm_head and not run.over():
             for a in ("_compiled_call", "_last_compile_config"):
                 if hasattr(qm, a): delattr(qm, a)

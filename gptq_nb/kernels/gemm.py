@@ -42,7 +42,8 @@ def _decode_rule(m:int, K:int, N:int, bits:int, group_size:int) -> DecodeConfig|
         bn, warps = (32 if N < 2048 else 64 if N < 8192 else 128), 1
         target = 1024 if N < 8192 else 16 * -(-N // bn)
     sk = max(1, min(32, _pow2_floor(target // -(-N // bn)), _pow2_floor(K // (wpi * per))))
-    return DecodeConfig(block_n=bn, words_per_thread=wpi, split_k=sk, warps=warps)
+    atomic = m <= 2 and sk > 1 and not torch.are_deterministic_algorithms_enabled()   # 1-2 rows: sums in L2
+    return DecodeConfig(block_n=bn, words_per_thread=wpi, split_k=sk, warps=warps, atomic_reduce=atomic)
 
 def _mma_rule(m:int, K:int, N:int, group_size:int, sms:int) -> MMAConfig:
     "The tensor-core kernel's launch by rule (see above): K steps that never straddle a group."
@@ -87,6 +88,22 @@ def _locks(device, n:int):
     if t is None or t.numel() < n:
         t = _LOCKS[str(device)] = torch.zeros(max(n, 1 << 16), dtype=torch.int32, device=device)
     return t
+
+_SUMS: dict = {}
+
+def _sums(device, n:int):
+    """Per-device zeroed fp32 row for split-K sums made by atomics (`atomic_reduce`); the reducing program zeroes what it
+    read. At least 4 MiB (a 4-row call 262144 columns wide), so it exists before any capture; a larger one is added
+    beside it and the old one kept (a captured graph may still point at it)."""
+    ts = _SUMS.setdefault(str(device), [])
+    if not ts or ts[-1].numel() < n: ts.append(torch.zeros(max(n, 1 << 20), dtype=torch.float32, device=device))
+    return ts[-1]
+
+def _workspace(plan:Plan, M:int, N:int, device, out):
+    "Split-K scratch for a plan: the shared zeroed row (atomic sums), a fresh [splits, M, N] (ordered sums), or none."
+    if plan.split_k <= 1: return out
+    if plan.consts.get("RED") == 0: return _sums(device, M * N)
+    return torch.empty(plan.split_k, M, N, dtype=torch.float32, device=device)
 
 _FAST: dict = {}
 
@@ -136,7 +153,7 @@ def _run_plan(plan:Plan, x2, qweight, qzeros, scales, g_idx, bias):
     if plan.kernel is _gptq_gemv_kernel and (x2.stride(0) % 2 or x2.data_ptr() % 4):   # it reads activation pairs
         x2 = x2.clone(memory_format=torch.contiguous_format)
     out = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
-    ws = torch.empty(plan.split_k, M, N, dtype=torch.float32, device=x2.device) if plan.split_k > 1 else out
+    ws = _workspace(plan, M, N, x2.device, out)
     locks = _locks(x2.device, plan.tiles) if plan.split_k > 1 else out
     _launch(plan.kernel, plan.grid, _kernel_args(plan, x2, out, ws, locks, qweight, qzeros, scales, g_idx,
                                                  bias if bias is not None else out), plan.consts, plan.warps, plan.stages)
@@ -167,7 +184,8 @@ def gptq_gemm(x, qweight, qzeros, scales, g_idx=None, bits:int=4, group_size:int
     M = x.numel() // K if K else 0
     # a call like an earlier one (shapes, dtypes, device, config) reuses its validation and launch plan
     key = (M, K, x.dtype, x.device, qweight.shape, qweight.dtype, qzeros.shape, qzeros.dtype, scales.shape,
-           None if g_idx is None else g_idx.shape, bits, group_size, checkpoint_format, bias is None, config, _interpret())
+           None if g_idx is None else g_idx.shape, bits, group_size, checkpoint_format, bias is None, config, _interpret(),
+           torch.are_deterministic_algorithms_enabled())
     try: plan = _PLANS.get(key)
     except TypeError: raise TypeError(_CONFIG_ERROR.format(config)) from None   # an unhashable config (a dict)
     if plan is None:
@@ -267,11 +285,11 @@ class _Call:
         plan = _make_plan(x, self.M, self.K, self.qweight, self.qzeros, self.scales, self.g_idx, *self.fmt, self.bias, None)
         self.plan = plan[1] if plan[0] == "kernel" and _fast_ok() else None
         self.compiled = None
-        _locks(x.device, 1)   # split-K counters exist before any capture: one allocated inside a CUDA graph's pool
-                              # and kept by this module would break torch.compile's CUDA-graph trees
+        _locks(x.device, 1); _sums(x.device, 1)   # split-K counters and sums exist before any capture: one allocated
+                              # inside a CUDA graph's pool and kept by this module would break torch.compile's CUDA-graph trees
         if self.plan is not None:
             sk = self.plan.split_k
-            self.ws = torch.empty(sk, self.M, self.N, dtype=torch.float32, device=x.device) if sk > 1 else None
+            self.ws = _workspace(self.plan, self.M, self.N, x.device, None) if sk > 1 else None
             self.locks = _locks(x.device, self.plan.tiles) if sk > 1 else None
 
     def holds(self, m) -> bool:

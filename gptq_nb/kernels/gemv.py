@@ -249,7 +249,7 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
     r = offs_m[:, None]
     y = tl.where(r == 0, y0[None, :], tl.where(r == 1, y1[None, :], tl.where(r == 2, y2[None, :], y3[None, :])))
     _split_store(y, out_ptr, ws_ptr, lock_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, pid_n, tl.num_programs(1),
-                 pid_k, SPLIT, HAS_BIAS, RED)
+                 pid_k, SPLIT, HAS_BIAS, RED, ASM)
 
 # %% ../../nbs/22_kernel_decode.ipynb #d008
 class DecodeConfig(NamedTuple):
@@ -261,6 +261,7 @@ class DecodeConfig(NamedTuple):
     warps: int = 4
     prefetch: bool = True        # load the next step's words while this one computes
     packed_half: bool = True     # 4-bit fp16: half2 arithmetic (HFMA2) instead of the fp32 exponent trick
+    atomic_reduce: bool = False  # split-K partials added in L2 as they arrive (fp32 atomics: order, so last bits, vary)
 
 def decode_ok(M:int, K:int, bits:int, has_gidx:bool, group_size:int, dtype, cfg:DecodeConfig) -> bool:
     "Can the decode kernel take this call: ≤ 4 rows, b ∈ {2, 4, 8}, no g_idx, steps that divide K and the group."
@@ -279,6 +280,6 @@ def decode_plan(M, K, N, bits, group_size, zoff, has_bias, dtype, cfg:DecodeConf
     grid = (-(-N // cfg.block_n), sk, 1)
     consts = dict(BITS=bits, GROUP=_group(K, group_size), ZOFF=zoff, HAS_BIAS=has_bias, SPLIT=sk > 1, MB=mb,
                   BLOCK_N=cfg.block_n, WPI=cfg.words_per_thread, PF=int(cfg.prefetch), XBF16=dtype == torch.bfloat16,
-                  ASM=not _interpret(), RED=max(1, min(8, 4096 // (mb * cfg.block_n))),
+                  ASM=not _interpret(), RED=0 if cfg.atomic_reduce and sk > 1 else max(1, min(8, 4096 // (mb * cfg.block_n))),
                   H2=bool(cfg.packed_half) and bits == 4 and dtype == torch.float16)
     return Plan(_gptq_gemv_kernel, grid, consts, kps, sk, grid[0], cfg.warps, 1)
