@@ -352,6 +352,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'gptq_nb.kernels.gemm._compile_launch': ( 'kernel_dispatch.html#_compile_launch',
                                                                                 'gptq_nb/kernels/gemm.py'),
                                       'gptq_nb.kernels.gemm._decode_rule': ('kernel_dispatch.html#_decode_rule', 'gptq_nb/kernels/gemm.py'),
+                                      'gptq_nb.kernels.gemm._dequant_mm': ('kernel_dispatch.html#_dequant_mm', 'gptq_nb/kernels/gemm.py'),
                                       'gptq_nb.kernels.gemm._direct_launch': ( 'kernel_dispatch.html#_direct_launch',
                                                                                'gptq_nb/kernels/gemm.py'),
                                       'gptq_nb.kernels.gemm._fast_ok': ('kernel_dispatch.html#_fast_ok', 'gptq_nb/kernels/gemm.py'),

@@ -74,10 +74,35 @@ def stress(reps, ms):
     return dict(runs=runs, fails=fails)
 
 
+def dequant_slices(ms=(256, 2048)):
+    "Dequantize-then-cuBLAS with the W scratch capped at DEQUANT_SCRATCH (column slices) against one whole W: error, time, scratch."
+    from gptq_nb.kernels.gemm import DequantConfig
+    out = {}
+    for (K, N) in [(4096, 12288), (4096, 22016), (11008, 4096), (4096, 28672), (8192, 57344)]:
+        L = layer(K, N, seed=K + 7 * N)
+        for m in ms:
+            x = torch.randn(m, K, device="cuda", dtype=torch.float16)
+            ref = G.ref_gemm(x, **args_of(L, False))
+            r = {}
+            for tag, cap in (("sliced", 32 << 20), ("whole", 1 << 40)):
+                G.DEQUANT_SCRATCH = cap
+                f = lambda: G.gptq_gemm(x, **args_of(L, False), config=DequantConfig())
+                torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); m0 = torch.cuda.memory_allocated()
+                y = f(); torch.cuda.synchronize()
+                r[tag] = dict(err=rel(y, ref), scratch_mib=(torch.cuda.max_memory_allocated() - m0) / 2**20,
+                              us=graph_time([f], min_calls=16) * 1e3)
+            G.DEQUANT_SCRATCH = 32 << 20
+            out[f"{m}/{K}/{N}"] = r
+            log(f"dequant {K}x{N} m={m}: " + "  ".join(f"{t} {v['us']:.0f} us err {v['err']:.1e} peak +{v['scratch_mib']:.0f} MiB" for t, v in r.items()))
+        del L; torch.cuda.empty_cache()
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(); ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--ms", default="1,2,4"); ap.add_argument("--budget", type=float, default=400)
     ap.add_argument("--sets", default=",".join(SETS)); ap.add_argument("--stress", type=int, default=0)
+    ap.add_argument("--dequant", action="store_true")
     a = ap.parse_args()
     ms = [int(v) for v in a.ms.split(",")]
     t00 = time.time()
@@ -86,6 +111,7 @@ def main():
                                                                    text=True).stdout.strip(), shapes={}, sets={})
     bad = []
     if a.stress: rec["stress"] = stress(a.stress, ms)
+    if a.dequant: rec["dequant"] = dequant_slices()
     for fam in a.sets.split(","):
         shapes = SETS[fam]
         if time.time() - t00 > a.budget: log("budget spent before", fam); break

@@ -14,7 +14,8 @@ from .mma import MMAConfig, DequantConfig, Plan, mma_plan, dequantize, _group, _
 from .gemv import DecodeConfig, decode_ok, decode_plan, _gptq_gemv_kernel
 
 # %% auto #0
-__all__ = ['kernel_candidates', 'pick_config', 'gptq_gemm', 'PreparedGPTQ', 'prepare', 'qlinear_op', 'register']
+__all__ = ['DEQUANT_SCRATCH', 'kernel_candidates', 'pick_config', 'gptq_gemm', 'PreparedGPTQ', 'prepare', 'qlinear_op',
+           'register']
 
 # %% ../../nbs/23_kernel_dispatch.ipynb #x006
 _SMS: dict = {}
@@ -159,6 +160,25 @@ def _run_plan(plan:Plan, x2, qweight, qzeros, scales, g_idx, bias):
                                                  bias if bias is not None else out), plan.consts, plan.warps, plan.stages)
     return out
 
+DEQUANT_SCRATCH = 32 << 20   # bytes of dequantized weights per cuBLAS call (a slice of the columns)
+
+def _dequant_mm(x2, qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format, bias):
+    """x2 @ W (+ bias) by dequantize-then-cuBLAS, `DEQUANT_SCRATCH` bytes of W at a time: a wide layer is multiplied
+    in column slices (multiples of 256), each written into its columns of the output."""
+    K, N = x2.shape[1], scales.shape[1]
+    step = max(256, DEQUANT_SCRATCH // (K * x2.element_size()) // 256 * 256)
+    if bias is not None: bias = bias.to(x2.dtype)
+    if step >= N:
+        W = dequantize(qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format, K=K, dtype=x2.dtype)
+        return torch.addmm(bias, x2, W) if bias is not None else x2 @ W
+    out = torch.empty(x2.shape[0], N, dtype=x2.dtype, device=x2.device)
+    for j in range(0, N, step):
+        c = slice(j, min(N, j + step))
+        W = dequantize(qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format, K=K, dtype=x2.dtype, cols=(c.start, c.stop))
+        if bias is not None: torch.addmm(bias[c], x2, W, out=out[:, c])
+        else: torch.mm(x2, W, out=out[:, c])
+    return out
+
 _PLANS: dict = {}
 _CONFIG_ERROR = "config must be a DecodeConfig, MMAConfig or DequantConfig (gptq_nb.kernels.gemm), got {!r}."
 
@@ -202,9 +222,7 @@ def gptq_gemm(x, qweight, qzeros, scales, g_idx=None, bits:int=4, group_size:int
         if bias is not None: y = y + bias.float()
         return y.to(x.dtype).reshape(*lead, N)
     if plan[0] == "dequant":
-        W = dequantize(qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format, K=K, dtype=x.dtype)
-        y = torch.addmm(bias.to(x.dtype), x2, W) if bias is not None else x2 @ W
-        return y.reshape(*lead, N)
+        return _dequant_mm(x2, qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format, bias).reshape(*lead, N)
     try:
         return _run_plan(plan[1], x2, qweight, qzeros, scales, g_idx, bias).reshape(*lead, N)
     except Exception as e:   # a config whose pipelined tiles need more shared memory than this card has

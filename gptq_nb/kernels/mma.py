@@ -176,18 +176,19 @@ def _gptq_mm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, gi_ptr, b_ptr, out_ptr, ws_ptr
                  pid_m * tl.num_programs(0) + pid_n, tl.num_programs(2), pid_k, SPLIT, HAS_BIAS, RED)
 
 @_jit
-def _gptq_dequant_kernel(qw_ptr, qz_ptr, s_ptr, gi_ptr, out_ptr, N, K, stride_z,
+def _gptq_dequant_kernel(qw_ptr, qz_ptr, s_ptr, gi_ptr, out_ptr, N, K, stride_z, stride_w,
                          BITS: tl.constexpr, GROUP: tl.constexpr, ZOFF: tl.constexpr, HAS_GIDX: tl.constexpr,
                          UNPACK: tl.constexpr, PER_BLOCK: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
-    "W[k, n] = s[g, n]·(q[k, n] − z[g, n]) written in out's dtype: the first half of dequantize-then-cuBLAS."
+    """W[k, n] = s[g, n]·(q[k, n] − z[g, n]) written in out's dtype: the first half of dequantize-then-cuBLAS.
+    N columns are written (rows of out N apart); qweight's and scales' rows are `stride_w` apart (a column slice)."""
     k0 = tl.program_id(1) * BLOCK_K
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     if PER_BLOCK:   # one group per tile and whole words: code j of word row r is row k0 + PER·r + j, stored as it is cut
         PER: tl.constexpr = 32 // BITS
-        offs_w, w = _word_rows(qw_ptr, k0, K, offs_n, n_mask, N, PER, BLOCK_K)
+        offs_w, w = _word_rows(qw_ptr, k0, K, offs_n, n_mask, stride_w, PER, BLOCK_K)
         w_mask = (offs_w * PER < K)[:, None] & n_mask[None, :]
-        z, s = _group_zs(qz_ptr, s_ptr, k0 // GROUP, offs_n, n_mask, N, stride_z, BITS, ZOFF)
+        z, s = _group_zs(qz_ptr, s_ptr, k0 // GROUP, offs_n, n_mask, stride_w, stride_z, BITS, ZOFF)
         s = s.to(tl.float32)
         zs = z.to(tl.float32) * s
         for j in tl.static_range(PER):
@@ -197,8 +198,9 @@ def _gptq_dequant_kernel(qw_ptr, qz_ptr, s_ptr, gi_ptr, out_ptr, N, K, stride_z,
     else:
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < K
-        q = _unpack_rows(qw_ptr, offs_k, offs_n, k0, K, n_mask, N, BITS, UNPACK, BLOCK_K, BLOCK_N)
-        w = _dequant_rows(q, qz_ptr, s_ptr, gi_ptr, offs_k, offs_n, k_mask, n_mask, N, stride_z, BITS, GROUP, ZOFF, HAS_GIDX)
+        q = _unpack_rows(qw_ptr, offs_k, offs_n, k0, K, n_mask, stride_w, BITS, UNPACK, BLOCK_K, BLOCK_N)
+        w = _dequant_rows(q, qz_ptr, s_ptr, gi_ptr, offs_k, offs_n, k_mask, n_mask, stride_w, stride_z, BITS, GROUP, ZOFF,
+                          HAS_GIDX)
         mask2 = k_mask[:, None] & n_mask[None, :]
         tl.store(out_ptr + offs_k[:, None] * N + offs_n[None, :], w.to(out_ptr.dtype.element_ty), mask=mask2)
 
@@ -256,12 +258,19 @@ def mma_plan(M, K, N, bits, group_size, zoff, has_gidx, has_bias, dtype, cfg:MMA
 
 # %% ../../nbs/21_kernel_mma.ipynb #m011
 def dequantize(qweight, qzeros, scales, g_idx=None, bits:int=4, group_size:int=128, checkpoint_format:str="gptq",
-               K:int|None=None, dtype=torch.float16):
-    "Float weights W [K, N] in `dtype`: the Triton dequant kernel where it can run, else the torch reference."
+               K:int|None=None, dtype=torch.float16, cols:tuple|None=None):
+    """Float weights W [K, N] in `dtype` (or its columns `cols = (j0, j1)`, j0 a multiple of 32): the Triton dequant
+    kernel where it can run, else the torch reference."""
     K = K if K is not None else (g_idx.numel() if g_idx is not None else qweight.shape[0] * 32 // bits)
     K, N, _ = _check_args(K, qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format)
+    j0, j1 = cols if cols is not None else (0, N)
+    if not (0 <= j0 < j1 <= N and j0 % 32 == 0):
+        raise ValueError(f"cols={cols}: need 0 <= j0 < j1 <= N={N} with j0 a multiple of 32 (zeros are packed along N).")
     if not kernels_available(qweight.device):
-        return ref_dequant(qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format, K=K, dtype=torch.float32).to(dtype)
+        W = ref_dequant(qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format, K=K, dtype=torch.float32)
+        return W[:, j0:j1].to(dtype)
+    stride_w = N
+    qweight, scales, qzeros, N = qweight[:, j0:], scales[:, j0:], qzeros[:, j0 * bits // 32:], j1 - j0
     out = torch.empty(K, N, dtype=dtype, device=qweight.device)
     G = _group(K, group_size)
     BK, BN = 64, 128
@@ -269,7 +278,7 @@ def dequantize(qweight, qzeros, scales, g_idx=None, bits:int=4, group_size:int=1
     per_block = g_idx is None and bits in (2, 4, 8) and G % BK == 0 and BK % (32 // bits) == 0 and K % (32 // bits) == 0
     if not per_block: BK = 64
     _gptq_dequant_kernel[(-(-N // BN), -(-K // BK))](
-        qweight, qzeros, scales, g_idx if g_idx is not None else qweight, out, N, K, qzeros.shape[1],
+        qweight, qzeros, scales, g_idx if g_idx is not None else qweight, out, N, K, qzeros.stride(0), stride_w,
         BITS=bits, GROUP=G, ZOFF=1 if checkpoint_format == "gptq" else 0, HAS_GIDX=g_idx is not None,
         UNPACK=0 if bits == 3 else 1, PER_BLOCK=per_block, BLOCK_K=BK, BLOCK_N=BN, num_warps=4)
     return out
