@@ -103,7 +103,7 @@ def _sums(device, n:int):
 def _workspace(plan:Plan, M:int, N:int, device, out):
     "Split-K scratch for a plan: the shared zeroed row (atomic sums), a fresh [splits, M, N] (ordered sums), or none."
     if plan.split_k <= 1: return out
-    if plan.consts.get("RED") == 0: return _sums(device, M * N)
+    if plan.consts.get("RED") <= 0: return _sums(device, M * N)
     return torch.empty(plan.split_k, M, N, dtype=torch.float32, device=device)
 
 _FAST: dict = {}

@@ -81,10 +81,12 @@ def _half(v, HI: tl.constexpr):
 def _w4_asm(rows:int) -> str:
     """PTX for `_w4_dot` over `rows` rows: operands are the rows' fp32 sums, then the word, (1024 + z) as a half2 and 4
     activation pairs per row. The 8 codes are dequantized once (shift, LOP3, HSUB2 per pair of codes); each row adds
-    4 HFMA2s and the fp16 → fp32 fold."""
+    4 HFMA2s and the fp16 → fp32 fold. The outputs are written last: an output may share a register with an input
+    (no early-clobber), so writing row 0's sum before row 1's pairs are read corrupted m = 2 on some compiles."""
     w, zh = f"${rows}", f"${rows + 1}"
     acc = ", ".join(f"a{r}" for r in range(rows))
-    lines = [f"{{ .reg .b32 t, q0, q1, q2, q3, {acc}; .reg .b16 l, h; .reg .f32 fl, fh;"]
+    res = ", ".join(f"o{r}" for r in range(rows))
+    lines = [f"{{ .reg .b32 t, q0, q1, q2, q3, {acc}; .reg .b16 l, h; .reg .f32 fl, fh, {res};"]
     for j in range(4):
         src = w if j == 0 else "t"
         if j: lines.append(f"shr.u32 t, {w}, {4 * j};")
@@ -93,7 +95,8 @@ def _w4_asm(rows:int) -> str:
         p = [f"${rows + 2 + 4 * r + j}" for j in range(4)]
         lines.append(f"mul.rn.f16x2 a{r}, q0, {p[0]}; fma.rn.f16x2 a{r}, q1, {p[1]}, a{r}; "
                      f"fma.rn.f16x2 a{r}, q2, {p[2]}, a{r}; fma.rn.f16x2 a{r}, q3, {p[3]}, a{r};")
-        lines.append(f"mov.b32 {{l, h}}, a{r}; cvt.f32.f16 fl, l; cvt.f32.f16 fh, h; add.f32 ${r}, fl, fh;")
+        lines.append(f"mov.b32 {{l, h}}, a{r}; cvt.f32.f16 fl, l; cvt.f32.f16 fh, h; add.f32 o{r}, fl, fh;")
+    lines += [f"mov.b32 ${r}, o{r};" for r in range(rows)]
     return "\n".join(lines) + " }"
 
 _W4_ASM1 = tl.constexpr(_w4_asm(1)) if triton is not None else None

@@ -90,11 +90,11 @@ def _split_store(acc, out_ptr, ws_ptr, lock_ptr, b_ptr, offs_m, offs_n, M, N, st
     m_mask = offs_m < M
     n_mask = offs_n < N
     out_mask = m_mask[:, None] & n_mask[None, :]
-    if SPLIT and RED == 0:   # the sum is made in L2 as the partials arrive: one read for the last program, not n_split
+    if SPLIT and RED <= 0:   # the sum is made in L2 as the partials arrive: one read for the last program, not n_split
         ws_off = offs_m[:, None] * N + offs_n[None, :]
         tl.atomic_add(ws_ptr + ws_off, acc, mask=out_mask, sem="relaxed", scope="gpu")
         one = tl.full([1], 1, tl.int32)
-        if ASM:   # each thread waits until its adds are done in L2 (a block barrier alone does not: 1 in 32 sums lost)
+        if ASM and RED < 0:   # (experiment) each thread waits until its adds are done in L2 before the barrier
             one = tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.b32 $0, $1;", "=r,r", [one], dtype=tl.int32,
                                             is_pure=False, pack=1)
         tl.debug_barrier()
