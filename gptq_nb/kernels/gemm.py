@@ -43,7 +43,7 @@ def _decode_rule(m:int, K:int, N:int, bits:int, group_size:int) -> DecodeConfig|
         bn, warps = (32 if N < 2048 else 64 if N < 8192 else 128), 1
         target = 1024 if N < 8192 else 16 * -(-N // bn)
     sk = max(1, min(32, _pow2_floor(target // -(-N // bn)), _pow2_floor(K // (wpi * per))))
-    atomic = m <= 2 and sk > 1 and not torch.are_deterministic_algorithms_enabled()   # 1-2 rows: sums in L2
+    atomic = m == 1 and sk > 1 and not torch.are_deterministic_algorithms_enabled()   # one row: sums in L2
     return DecodeConfig(block_n=bn, words_per_thread=wpi, split_k=sk, warps=warps, atomic_reduce=atomic)
 
 def _mma_rule(m:int, K:int, N:int, group_size:int, sms:int) -> MMAConfig:
@@ -103,7 +103,7 @@ def _sums(device, n:int):
 def _workspace(plan:Plan, M:int, N:int, device, out):
     "Split-K scratch for a plan: the shared zeroed row (atomic sums), a fresh [splits, M, N] (ordered sums), or none."
     if plan.split_k <= 1: return out
-    if plan.consts.get("RED") <= 0: return _sums(device, M * N)
+    if plan.consts.get("RED") == 0: return _sums(device, M * N)
     return torch.empty(plan.split_k, M, N, dtype=torch.float32, device=device)
 
 _FAST: dict = {}

@@ -252,7 +252,7 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
     r = offs_m[:, None]
     y = tl.where(r == 0, y0[None, :], tl.where(r == 1, y1[None, :], tl.where(r == 2, y2[None, :], y3[None, :])))
     _split_store(y, out_ptr, ws_ptr, lock_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, pid_n, tl.num_programs(1),
-                 pid_k, SPLIT, HAS_BIAS, RED, ASM)
+                 pid_k, SPLIT, HAS_BIAS, RED)
 
 # %% ../../nbs/22_kernel_decode.ipynb #d008
 class DecodeConfig(NamedTuple):

@@ -84,21 +84,17 @@ def _dequant_rows(q, qz_ptr, s_ptr, gi_ptr, offs_k, offs_n, k_mask, n_mask, N, s
 
 @_jit
 def _split_store(acc, out_ptr, ws_ptr, lock_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, tile, n_split, pid_k,
-                 SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, RED: tl.constexpr, ASM: tl.constexpr = False):
+                 SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, RED: tl.constexpr):
     """Write acc [BM, BN] (+ bias). With SPLIT, park the fp32 partial; the last program of the tile sums all partials.
     RED=0: every program adds its partial into a zeroed fp32 row in L2 (atomics), the last one reads that one row."""
     m_mask = offs_m < M
     n_mask = offs_n < N
     out_mask = m_mask[:, None] & n_mask[None, :]
-    if SPLIT and RED <= 0:   # the sum is made in L2 as the partials arrive: one read for the last program, not n_split
+    if SPLIT and RED == 0:   # the sum is made in L2 as the partials arrive: one read for the last program, not n_split
         ws_off = offs_m[:, None] * N + offs_n[None, :]
         tl.atomic_add(ws_ptr + ws_off, acc, mask=out_mask, sem="relaxed", scope="gpu")
-        one = tl.full([1], 1, tl.int32)
-        if ASM and RED < 0:   # (experiment) each thread waits until its adds are done in L2 before the barrier
-            one = tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.b32 $0, $1;", "=r,r", [one], dtype=tl.int32,
-                                            is_pure=False, pack=1)
-        tl.debug_barrier()
-        count = tl.atomic_add(lock_ptr + tile, tl.sum(one, axis=0), sem="acq_rel", scope="gpu")
+        tl.debug_barrier()   # then one thread's acquire-release count publishes the block's adds (as for the stores below)
+        count = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel", scope="gpu")
         if count == n_split - 1:
             acc = tl.load(ws_ptr + ws_off, mask=out_mask, other=0.0, cache_modifier=".cg")
             tl.store(ws_ptr + ws_off, tl.zeros(acc.shape, dtype=tl.float32), mask=out_mask)   # zero for the next launch
