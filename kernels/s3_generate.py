@@ -196,6 +196,8 @@ def main():
     ap.add_argument("--fp16-loop", action="store_true", help="also the fp16 model through gptq_nb's decode loop (install_generate)")
     ap.add_argument("--ab-ordered", action="store_true", help="also a second quantized model whose decode kernel sums "
                     "split-K partials in order (the pre-atomic default), batches <= 8: the atomic sums' gain in one call")
+    ap.add_argument("--ab-scratch", action="store_true", help="also the quantized model's TTFT with the whole W dequantized "
+                    "per call (DEQUANT_SCRATCH unlimited) against the 32 MiB column slices, in one call")
     ap.add_argument("--time-limit", type=float, default=1e9, help="seconds; later phases are skipped past it")
     args = ap.parse_args()
     T0 = time.time()
@@ -253,6 +255,14 @@ def main():
             if i == 0:
                 for label, (m, extra) in models.items(): run.ttft(label, m, extra)
         result["merged_groups"] = st.merged_groups; result["cache_calls"] = st.calls[-12:]; save()
+        if args.ab_scratch and not run.over():
+            from gptq_nb.kernels import gemm as G
+            cap, G.DEQUANT_SCRATCH = G.DEQUANT_SCRATCH, 1 << 40
+            try:
+                log("== gptq, whole-W dequantize in the prefill (A/B)")
+                run.ttft("gptq_whole_W", qm, {})
+            finally: G.DEQUANT_SCRATCH = cap
+            run.ttft("gptq_sliced_again", qm, {})
         if args.ab_ordered and not run.over():
             from gptq_nb.kernels import gemm as G
             rule = G._decode_rule
