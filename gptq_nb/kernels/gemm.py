@@ -160,7 +160,7 @@ def _run_plan(plan:Plan, x2, qweight, qzeros, scales, g_idx, bias):
                                                  bias if bias is not None else out), plan.consts, plan.warps, plan.stages)
     return out
 
-DEQUANT_SCRATCH = 32 << 20   # bytes of dequantized weights per cuBLAS call (a slice of the columns)
+DEQUANT_SCRATCH = 256 << 20   # bytes of dequantized weights per cuBLAS call (a slice of the columns)
 
 def _dequant_mm(x2, qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format, bias):
     """x2 @ W (+ bias) by dequantize-then-cuBLAS, `DEQUANT_SCRATCH` bytes of W at a time: a wide layer is multiplied
