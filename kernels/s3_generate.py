@@ -197,7 +197,7 @@ def main():
     ap.add_argument("--ab-ordered", action="store_true", help="also a second quantized model whose decode kernel sums "
                     "split-K partials in order (the pre-atomic default), batches <= 8: the atomic sums' gain in one call")
     ap.add_argument("--ab-scratch", action="store_true", help="also the quantized model's TTFT with the whole W dequantized "
-                    "per call (DEQUANT_SCRATCH unlimited) against the 32 MiB column slices, in one call")
+                    "per call (DEQUANT_SCRATCH unlimited) against its column slices, in one call")
     ap.add_argument("--time-limit", type=float, default=1e9, help="seconds; later phases are skipped past it")
     args = ap.parse_args()
     T0 = time.time()
