@@ -42,7 +42,7 @@ def solve_method(Ws:list, H, cfg, names=None, stats=None):
             r.info = dict(method=tag + ("" if cfg.method == "gptq" else " (no full-precision inputs)"),
                           objective=r.loss, gptq_objective=ref, vs_gptq=r.loss / ref if ref > 0 else 1.0)
         return res
-    G = stats.G.to(H.device)
+    G = stats.cross(H).to(H.device)   # 2/n·X X̃ᵀ (nb 31)
     t0 = time.perf_counter()
     if method == "gptaq": res = gptaq_quantize_many(Ws, H, G, cfg.alpha, **kw)
     else:
