@@ -41,8 +41,7 @@ class AsymStats:
             raise ValueError(f"{self.name}: inputs arrived as {x.dtype} after batches in another precision; "
                              "run every calibration batch in one precision.")
         self.C.mul_(self.n / (self.n + n)); self.n += n
-        lowp = (native_bf16_cpu() if self.lowp is None else self.lowp) and x.dtype == torch.bfloat16
-        if corr: _add_correction(self.C, x, xq, 2 / self.n, lowp)
+        if corr: _add_correction(self.C, x, xq, 2 / self.n, (native_bf16_cpu() if self.lowp is None else self.lowp) and x.dtype == torch.bfloat16)
         elif half: _gram(self.C, x, xq, 2 / self.n)   # a GPU: 16-bit products, fp32 accumulation, as the Hessian's
         else: self.C.addmm_(x.float().T, xq.float(), alpha=2 / self.n)
         if self.Hfp is not None: self.Hfp.add(x)
@@ -50,6 +49,7 @@ class AsymStats:
 
     @property
     def G(self):
+        "`G` itself, where it was accumulated directly (float32 inputs, or a GPU); else use `cross(H)`."
         if self.correction: raise AttributeError(f"{self.name}: these statistics hold G − H; use `cross(H)` with the Hessian of the same tokens.")
         return self.C
 
