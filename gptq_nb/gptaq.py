@@ -5,7 +5,8 @@
 # %% ../nbs/31_gptaq.ipynb #c002
 from __future__ import annotations
 import torch
-from .hessian import Hessian
+from .hessian import Hessian, _gram
+from .precision import native_bf16_cpu
 from .gptq import gptq_quantize_many
 
 # %% auto #0
@@ -13,28 +14,48 @@ __all__ = ['AsymStats', 'asym_loss', 'needs_fp_inputs', 'fp_block_inputs', 'obse
 
 # %% ../nbs/31_gptaq.ipynb #c005
 class AsymStats:
-    "Running `G = 2/n·Σ x x̃ᵀ` (full-precision input `x`, quantized model's `x̃`) and, with `fp_gram`, `Hfp = 2/n·Σ x xᵀ` for one `K`-input."
-    def __init__(self, K:int, device=None, name:str="", fp_gram:bool=True):
-        self.G = torch.zeros(K, K, dtype=torch.float32, device=device)
+    """Running cross term `G = 2/n·Σ x x̃ᵀ` (full-precision input `x`, quantized model's `x̃`; `cross(H)`) and, with `fp_gram`, `Hfp = 2/n·Σ x xᵀ` for one `K`-input.
+    16-bit inputs on a CPU accumulate the correction `D = 2/n·Σ (x − x̃) x̃ᵀ = G − H` instead, its product in bf16 where the CPU has it (`lowp`; None: `native_bf16_cpu()`)."""
+    def __init__(self, K:int, device=None, name:str="", fp_gram:bool=True, lowp:bool|None=None):
+        self.C = torch.zeros(K, K, dtype=torch.float32, device=device)   # G, or D = G − H (`correction`)
+        self.correction, self.lowp = None, lowp   # correction: set by the first batch's inputs
         self.Hfp, self.n, self.name = (Hessian(K, device, name) if fp_gram else None), 0, name
         self.out_sq = {}   # without `Hfp`: {linear: (Σ‖y‖², tokens)} of its full-precision outputs (`fp_block_inputs`)
 
     def add(self, x, xq, mask=None):
         "Add the rows of `x` and `xq` (same shape `[..., K]`); `mask` (nonzero = real token) drops padding from both."
-        K = self.G.shape[0]
+        K = self.C.shape[0]
         if x.shape != xq.shape:
             raise ValueError(f"{self.name}: the full-precision input has shape {tuple(x.shape)} but the quantized model's "
                              f"has {tuple(xq.shape)}; both models must see the same calibration batches.")
-        x, xq = x.detach().reshape(-1, K).to(self.G.device).float(), xq.detach().reshape(-1, K).to(self.G.device).float()
+        x, xq = x.detach().reshape(-1, K).to(self.C.device), xq.detach().reshape(-1, K).to(self.C.device)
         if mask is not None:
             m = mask.reshape(-1).to(x.device).bool()
             if not m.all(): x, xq = x[m], xq[m]
         n = x.shape[0]
         if n == 0: return self
-        self.G.mul_(self.n / (self.n + n)); self.n += n
-        self.G.addmm_(x.T, xq, alpha=2 / self.n)
+        half = x.dtype in (torch.float16, torch.bfloat16) and xq.dtype == x.dtype
+        corr = half and not x.is_cuda
+        if self.correction is None: self.correction = corr
+        elif corr != self.correction:
+            raise ValueError(f"{self.name}: inputs arrived as {x.dtype} after batches in another precision; "
+                             "run every calibration batch in one precision.")
+        self.C.mul_(self.n / (self.n + n)); self.n += n
+        if corr: _add_correction(self.C, x, xq, 2 / self.n, (native_bf16_cpu() if self.lowp is None else self.lowp) and x.dtype == torch.bfloat16)
+        elif half: _gram(self.C, x, xq, 2 / self.n)   # a GPU: 16-bit products, fp32 accumulation, as the Hessian's
+        else: self.C.addmm_(x.float().T, xq.float(), alpha=2 / self.n)
         if self.Hfp is not None: self.Hfp.add(x)
         return self
+
+    @property
+    def G(self):
+        "`G` itself, where it was accumulated directly (float32 inputs, or a GPU); else use `cross(H)`."
+        if self.correction: raise AttributeError(f"{self.name}: these statistics hold G − H; use `cross(H)` with the Hessian of the same tokens.")
+        return self.C
+
+    def cross(self, H):
+        "`G = 2/n·X X̃ᵀ`, given the Hessian `H = 2/n·X̃ X̃ᵀ` of the same quantized-model inputs (used only when the correction was accumulated)."
+        return self.C + H.to(self.C.device, torch.float32) if self.correction else self.C
 
     def fp_const(self, W, name:str|None=None):
         "`tr(W·Hfp·Wᵀ) = 2/n·‖W X‖²`, the objective's constant for weight `W`: from `Hfp`, else from the outputs gathered for linear `name`."
@@ -44,6 +65,13 @@ class AsymStats:
         if key is None: raise KeyError(f"{self.name}: no full-precision outputs were gathered for {name!r}.")
         s, n = self.out_sq[key]
         return 2 * s / n
+
+def _add_correction(D, x, xq, alpha:float, lowp:bool, rows:int=8192):
+    "`D += alpha·(x − xq)ᵀ·xq` for 16-bit `x`, `xq`, `rows` at a time: products in their dtype (`lowp`, rounded once more at the end) or float32."
+    for i in range(0, x.shape[0], rows):
+        a, b = x[i:i + rows], xq[i:i + rows]
+        if lowp: D.add_(torch.mm((a - b).T, b), alpha=alpha)
+        else: b = b.float(); D.addmm_((a.float() - b).T, b, alpha=alpha)
 
 def asym_loss(W, What, H, G, Hfp):
     "`2/n·‖Ŵ X̃ − W X‖²` from the statistics: the output error against the full-precision model (`Hfp`: the Gram `2/n·X Xᵀ`, or the constant `tr(W·Hfp·Wᵀ)` itself)."

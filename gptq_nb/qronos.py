@@ -4,7 +4,7 @@
 
 # %% ../nbs/32_qronos.ipynb #c002
 from __future__ import annotations
-import time
+import math, time
 import torch
 from .gptq import gptq_quantize_many, _result
 from .refine import refine_result
@@ -42,18 +42,20 @@ def solve_method(Ws:list, H, cfg, names=None, stats=None):
             r.info = dict(method=tag + ("" if cfg.method == "gptq" else " (no full-precision inputs)"),
                           objective=r.loss, gptq_objective=ref, vs_gptq=r.loss / ref if ref > 0 else 1.0)
         return res
-    G = stats.G.to(H.device)
+    G = stats.cross(H).to(H.device)   # 2/n·X X̃ᵀ (nb 31)
     t0 = time.perf_counter()
     if method == "gptaq": res = gptaq_quantize_many(Ws, H, G, cfg.alpha, **kw)
     else:
         tg = gptq_quantize_many([qronos_target(W.float(), H, G, cfg.damp_percent, cfg.alpha) for W in Ws], H, rtn=False, **kw)
         res = [_result(W, H, r.qw, r.damp, r.seconds, True, cfg.bits, cfg.group_size, cfg.sym, cfg.mse) for W, r in zip(Ws, tg)]
     if cfg.refine: res = [refine_result(r, W, H, R=W.float().to(H.device) @ G, zero_min=cfg.zero_min) for r, W in zip(res, Ws)]
-    plain = gptq_quantize_many(Ws, H, rtn=False, **kw)            # the comparison the report carries
-    per = (time.perf_counter() - t0) / max(len(Ws), 1)
+    per = (time.perf_counter() - t0) / max(len(Ws), 1)              # the method's own time, without the comparison
+    plain = gptq_quantize_many(Ws, H, rtn=False, **kw) if cfg.compare_gptq else [None] * len(Ws)
     for r, p, W, n in zip(res, plain, Ws, names or [None] * len(Ws)):
         c = stats.fp_const(W, n)   # tr(W·Hfp·Wᵀ): the same for both
-        obj, ref = (asym_loss(W, x.qw.dequantize(), H, G, c) for x in (r, p))
-        r.info = dict(r.info or {}, method=tag, objective=obj, gptq_objective=ref, vs_gptq=obj / ref if ref > 0 else 1.0)
+        obj = asym_loss(W, r.qw.dequantize(), H, G, c)
+        ref = math.nan if p is None else asym_loss(W, p.qw.dequantize(), H, G, c)
+        r.info = dict(r.info or {}, method=tag, objective=obj, gptq_objective=ref,
+                      vs_gptq=math.nan if p is None else (obj / ref if ref > 0 else 1.0))
         r.seconds = per
     return res

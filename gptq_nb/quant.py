@@ -47,6 +47,7 @@ class QuantizeConfig:
     method: str = "gptq"           # "gptq"; "gptaq" or "qronos": solve against the full-precision model's inputs (nbs 31, 32)
     alpha: float = 0.25            # gptaq: weight of the asymmetry term (the paper's 0.25); qronos: share of the least-squares correction kept
     refine: bool = False           # least-squares scales/zeros once the codes are fixed (nb 30)
+    compare_gptq: bool = False     # gptaq/qronos: also solve each layer with plain GPTQ to report vs_gptq; costs one extra solve per layer
 
     def __post_init__(self):
         check_bits_group(self.bits, self.group_size)
@@ -60,6 +61,7 @@ class QuantizeConfig:
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r}: use one of {METHODS} ('gptq' is plain GPTQ).")
         if not 0 <= self.alpha <= 1: raise ValueError(f"alpha={self.alpha} is out of range: use a value in [0, 1], usually 0.25.")
+        if not isinstance(self.compare_gptq, bool): raise ValueError(f"compare_gptq={self.compare_gptq!r}: use True or False.")
         for k, ov in (self.dynamic or {}).items():
             if not k.startswith("-:"): QuantizeConfig(**{**self.core_dict(), **ov})  # validate overrides too
 

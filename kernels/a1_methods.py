@@ -10,10 +10,11 @@ taken from `gptq_nb.demo.BENCH_CONFIGS` itself (g128; the method keys below are 
 re-typed here). Each row is appended to --out (flushed) when it finishes, so a run that dies keeps the rows before it.
 
 Per row: perplexity; quantize wall and process CPU seconds (`time.perf_counter` / `time.process_time` around
-`quantize`, as bench_accuracy takes them: for the asymmetric methods this includes the plain-GPTQ solve that
-`solve_method` runs beside each layer for the report's comparison); and from the report the per-layer ratio
-`vs_gptq` = the method's objective / plain GPTQ's objective on the same layer inputs (worst layer, median, how many
-layers over 1.01). --progress-log gets one line per solved layer (wall seconds so far), to watch a long run.
+`quantize`, as bench_accuracy takes them: for the asymmetric methods this includes, unless --no-compare-gptq, the
+plain-GPTQ solve that `QuantizeConfig(compare_gptq=True)` runs beside each layer for the report's comparison; time
+them with kernels/method_time.py instead); and from the report the per-layer ratio `vs_gptq` = the method's objective
+/ plain GPTQ's objective on the same layer inputs (worst layer, median, how many layers over 1.01; NaN-only columns,
+as without the comparison, give none). --progress-log gets one line per solved layer (wall seconds so far), to watch a long run.
 """
 import argparse, copy, dataclasses, datetime, json, os, platform, subprocess, sys, time
 import torch
@@ -44,7 +45,8 @@ def layer_summary(report):
     "Worst / median `vs_gptq` over the report's layers, the worst layer's name, layers over 1.01 (None if no column)."
     t = report.table
     if "vs_gptq" not in t.columns: return {}
-    v = t.vs_gptq.astype(float)
+    v = t.vs_gptq.astype(float).dropna()
+    if v.empty: return {}
     i = v.idxmax()
     return dict(vs_gptq_worst=float(v.max()), vs_gptq_worst_layer=str(t.name[i]), vs_gptq_median=float(v.median()),
                 vs_gptq_over_1pct=int((v > 1.01).sum()), layers=int(len(v)))
@@ -58,6 +60,8 @@ def main(argv=None):
     ap.add_argument("--windows", type=int, default=40)
     ap.add_argument("--calibration-dtype", default="auto", choices=["auto", "model"],
                     help="quantize_model's calibration_dtype: 'auto' (bf16 forwards on a CPU that has them, nb 05b) or the model's own")
+    ap.add_argument("--no-compare-gptq", action="store_true",
+                    help="skip the plain-GPTQ solve beside each asymmetric layer (no vs_gptq; the default user call)")
     a = ap.parse_args(argv)
     from gptq_nb.data import c4_calibration, wikitext2_test_text
     from gptq_nb.demo import load_default_model
@@ -78,7 +82,7 @@ def main(argv=None):
                windows=int(win.shape[0]), calibration=f"{len(cal)} x {cal[0]['input_ids'].numel()}")
     for key, bits in todo:
         label, kw = table[key]
-        cfg = QuantizeConfig(bits=bits, group_size=128, **kw)
+        cfg = QuantizeConfig(bits=bits, group_size=128, **dict(kw, compare_gptq=not a.no_compare_gptq))
         m = copy.deepcopy(base)
         t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()[0]
         def cb(row, report, t0=t0):
