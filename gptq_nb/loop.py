@@ -466,11 +466,11 @@ def _close_report(model, report, config, skip:dict, n_params:int):
     report.summary["kept_full_precision"] = dict(skip)
     report.summary["coverage"] = sum(r["in_features"] * r["out_features"] for r in report.rows if r["block"] >= 0) / n_params
 
-def _check_method(config:QuantizeConfig|None, folder:bool=False, parallel=None):
-    "Refuse a method that solves against the full-precision model's inputs (nbs 31, 32) on a path that doesn't carry them."
-    if needs_fp_inputs(config or QuantizeConfig()) and (folder or (parallel is not None and parallel.world > 1)):
-        raise ValueError(f"method={config.method!r} solves against the full-precision model's inputs, which the folder (streamed) "
-                         "and torch.distributed paths don't carry yet: quantize a loaded model in one process, or use method='gptq'.")
+def _check_method(config:QuantizeConfig|None, parallel=None):
+    "Refuse a method that solves against the full-precision model's inputs (nbs 31, 32) under torch.distributed, which doesn't carry them."
+    if needs_fp_inputs(config or QuantizeConfig()) and parallel is not None and parallel.world > 1:
+        raise ValueError(f"method={config.method!r} solves against the full-precision model's inputs, which the torch.distributed "
+                         "path doesn't carry yet: quantize in one process (a loaded model or a checkpoint folder), or use method='gptq'.")
 
 def quantize_model(model:nn.Module,      # a Hugging Face causal LM, modified in place
              calibration,                # samples from `get_calibration`, token-id lists, or texts (with `tokenizer`)

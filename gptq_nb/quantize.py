@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import torch.nn as nn
 from .quant import QuantizeConfig
-from .loop import quantize_model, _check_method
+from .loop import quantize_model
 from .stream import quantize_folder
 
 # %% auto #0
@@ -26,7 +26,6 @@ def quantize(model:nn.Module|str|os.PathLike,  # a Hugging Face causal LM (modif
             ) -> QuantReport:
     "Quantize `model` with GPTQ: a loaded model in place (`quantize_model`), a checkpoint folder into `save_dir` (`quantize_folder`); returns the per-layer report."
     if isinstance(model, (str, os.PathLike)):
-        _check_method(config, folder=True)
         return quantize_folder(model, calibration, config, save_dir, work_dir=work_dir, **kwargs)
     if save_dir is not None or work_dir is not None:
         raise ValueError("save_dir/work_dir are for a checkpoint folder passed as `model`; for a model object call "

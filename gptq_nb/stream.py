@@ -18,7 +18,8 @@ from .io import (CheckpointError, SAFETENSORS_DTYPES, safetensors_header, checkp
 from .experts import from_checkpoint_keys
 from .loop import (QuantReport, MIN_CALIBRATION_TOKENS, calibration_batches, plan_layers, _check_coverage,
                               with_skips, run_block, BlockContext, _new_report, _close_report, _quantize_lm_head,
-                              _default_device, _Replay, SingleProcess)
+                              _default_device, _Replay, SingleProcess, _check_method)
+from .gptaq import needs_fp_inputs
 
 # %% auto #0
 __all__ = ['MMAP_THRESHOLD', 'tensor_index_of', 'tensor_index', 'read_tensor', 'write_safetensors', 'concat_safetensors',
@@ -224,15 +225,17 @@ class WorkDir:
         "Resume from block `done` (≤ `self.done`; ranks that got further than the slowest redo their last block)."
         if done < self.done: self.state["done"] = done
 
-    def commit(self, bi:int, tensors:dict|None, rows:list, layers:dict, skips:dict, hidden:list):
-        "Persist finished block `bi` (`tensors=None`: all but its checkpoint tensors) and the inputs of the next (in a thread: the next block starts meanwhile)."
+    def commit(self, bi:int, tensors:dict|None, rows:list, layers:dict, skips:dict, hidden:list, fp:list|None=None):
+        """Persist finished block `bi` (`tensors=None`: all but its checkpoint tensors) and the inputs of the next (in a thread: the
+        next block starts meanwhile); `fp`: the full-precision model's hidden states too (methods of nbs 31, 32)."""
         self.wait()
         def job():
             if tensors is not None: write_safetensors(self.block_file(bi), tensors, {"format": "pt"})
             (self.path / "blocks" / f"{bi:05d}.json").write_text(json.dumps(dict(rows=rows, skips=skips), default=float))
             flat = {f"{n}::{k}": v for n, d in layers.items() for k, v in d.items() if v is not None}
             write_safetensors(self.path / "blocks" / f"{bi:05d}.layers.safetensors", flat)
-            write_safetensors(self._inputs(bi + 1), {f"hidden.{j}": h for j, h in enumerate(hidden)})
+            write_safetensors(self._inputs(bi + 1), {**{f"hidden.{j}": h for j, h in enumerate(hidden)},
+                                                     **{f"fp.{j}": h for j, h in enumerate(fp or [])}})
             self.save_state(done=bi + 1)
             self._inputs(bi + 1 - self.keep_inputs).unlink(missing_ok=True)
         def guarded():
@@ -244,8 +247,8 @@ class WorkDir:
         if self._job is not None: self._job.join(); self._job = None
         if self._err is not None: e, self._err = self._err, None; raise e
 
-    def restore(self, report:QuantReport, skip:dict, caps:list, device):
-        "Put the finished blocks' rows into `report`, their skips into `skip`, and the saved inputs into `caps`."
+    def restore(self, report:QuantReport, skip:dict, caps:list, device, fp:list|None=None):
+        "Put the finished blocks' rows into `report`, their skips into `skip`, and the saved inputs into `caps` (and `fp`)."
         from safetensors.torch import load_file
         for bi in range(self.done):
             doc = json.loads((self.path / "blocks" / f"{bi:05d}.json").read_text())
@@ -255,6 +258,7 @@ class WorkDir:
         if self.done:
             idx = tensor_index_of(self._inputs(self.done))
             for j, c in enumerate(caps): c["hidden"] = read_tensor(idx[f"hidden.{j}"], device)
+            for j in range(len(fp or [])): fp[j] = read_tensor(idx[f"fp.{j}"], device)
 
 # %% ../nbs/16_stream.ipynb #s026
 def _mem():
@@ -312,18 +316,19 @@ def pin_mmap_threshold(nbytes:int=MMAP_THRESHOLD) -> bool:
     except (OSError, AttributeError): return False   # not glibc (musl: no libc.so.6)
 
 # %% ../nbs/16_stream.ipynb #s028
-def _stream_block(base:BlockContext, bi:int, block, index:dict, caps:list, skip:dict, work:WorkDir, stored, device, dtype):
+def _stream_block(base:BlockContext, bi:int, block, index:dict, caps:list, skip:dict, work:WorkDir, stored, device, dtype,
+                  fp_hidden:list|None=None):
     "Block `bi`'s turn from the files: read, quantized (`run_block`), packed (by rank 0), freed, and committed to `work`."
     name, report, before, tb = f"{base.prefix}.{bi}", base.report, set(skip), time.perf_counter()
     n_rows = len(report.rows)
     load_block(block, name, index, device, dtype)
-    run_block(base, bi, block, caps, skip, device)
+    run_block(base, bi, block, caps, skip, device, fp_hidden)
     _crash_hook(bi, "in")
     tensors = block_tensors(block, name, base.config, stored, device) if base.parallel.rank == 0 else None   # rank 0 writes
     free_block(block)
     rows = report.rows[n_rows:]
     work.commit(bi, tensors, rows, {r["name"]: report.layers[r["name"]] for r in rows},
-                {k: v for k, v in skip.items() if k not in before}, [c["hidden"] for c in caps])
+                {k: v for k, v in skip.items() if k not in before}, [c["hidden"] for c in caps], fp_hidden)
     del tensors
     if os.environ.get("GPTQ_NB_CRASH", "").startswith("after:"): work.wait(); _crash_hook(bi, "after")
     report.summary.setdefault("block_seconds", []).append(round(time.perf_counter() - tb, 3))
@@ -343,6 +348,7 @@ def quantize_folder(folder, calibration, config:QuantizeConfig|None=None, save_d
     t0 = time.perf_counter()
     pin_mmap_threshold()   # large temporaries go back to the OS when freed: the peak stays one block's
     par = parallel or SingleProcess()
+    _check_method(config, parallel=par)
     if par.rank != 0: progress, store_dir = False, None   # one progress bar, one writer
     model, index, stored = load_skeleton(folder, dtype)
     dtype = dtype or stored
@@ -369,13 +375,14 @@ def quantize_folder(folder, calibration, config:QuantizeConfig|None=None, save_d
     if work.state["batch_size"]: mine, _ = calibration_batches(calibration, work.state["batch_size"], tokenizer, pad_id)
     caps = capture_block_inputs(model, mine, device)
     if par.world > 1: work.rewind(min(par.gather(work.done, "finished blocks")))   # all ranks restart at the same block
-    work.restore(report, skip, caps, device)
+    fp_hidden = [c["hidden"] for c in caps] if needs_fp_inputs(config) else None   # the full-precision stream (nbs 31, 32)
+    work.restore(report, skip, caps, device, fp_hidden)
     report.summary.update(batch_size=work.state["batch_size"] or len(batches[0][0]), resumed_at=work.done)
     base = BlockContext(config=qconfig, report=report, prefix=prefix, callback=callback, store_dir=store_dir, moe=moe,
                         parallel=par, calibration_dtype=calibration_dtype)
     bar = tqdm(total=len(blocks), initial=work.done, desc="GPTQ blocks (from files)", disable=not progress)
     for bi in range(work.done, len(blocks)):
-        _stream_block(base, bi, blocks[bi], index, caps, skip, work, stored, device, dtype)
+        _stream_block(base, bi, blocks[bi], index, caps, skip, work, stored, device, dtype, fp_hidden)
         bar.update(1); bar.set_postfix_str(_mem())
     bar.close(); work.wait()
     if config.lm_head: _quantize_lm_head(model, mine, caps, config, report, device, par)

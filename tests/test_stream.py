@@ -22,7 +22,7 @@ RUN = textwrap.dedent("""
     from gptq_nb.io import save_quantized
     g = torch.Generator().manual_seed(0)
     cal = [{"input_ids": torch.randint(0, 500, (64,), generator=g)} for _ in range(8)]
-    cfg = QuantizeConfig(group_size=128)
+    cfg = QuantizeConfig(group_size=128, method=os.environ.get("GPTQ_NB_TEST_METHOD", "gptq"))   # qronos/gptaq: by hand
     if mode == "cap":   # the folder path alone, after a warm-up: peak RSS growth over the resident baseline
         quantize_folder(sys.argv[4], cal, cfg, out + "-warm", device="cpu", progress=False, dtype=torch.float32)
         base = reset_peak()   # fp32 compute (CPUs compute fp16 slowly): the block in memory is twice its file size
