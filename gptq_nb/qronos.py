@@ -16,11 +16,14 @@ __all__ = ['qronos_target', 'solve_method']
 # %% ../nbs/32_qronos.ipynb #c004
 def qronos_target(W, H, G, damp_percent:float=0.01, alpha:float=1.0):
     "`W + α·W(G − H)(H + λI)⁻¹`: for α = 1 the damped least-squares solution of `min ‖Ŵ X̃ − W X‖² + λ‖Ŵ − W‖²` (λ = damp·mean diag H); α < 1 shrinks the correction towards `W`."
-    W64, H64 = W.double(), H.to(W.device).double()
-    K = H64.shape[0]
-    lam = damp_percent * float(torch.diag(H64).mean()) or 1e-8
-    L = torch.linalg.cholesky(H64 + lam * torch.eye(K, dtype=H64.dtype, device=H64.device))
-    C = W64 @ (G.to(W.device).double() - H64)                      # W·D, [N, K]
+    W64, H64 = W.double(), H.to(W.device, torch.float64, copy=True)
+    D = G.to(W.device, torch.float64, copy=True).sub_(H64)        # G − H
+    C = W64 @ D                                                  # W·D, [N, K]
+    del D                                                        # at most two K × K float64 at a time (the folder path's budget)
+    lam = damp_percent * float(torch.diagonal(H64).mean()) or 1e-8
+    H64.diagonal().add_(lam)                                     # H + λI, in place
+    L = torch.linalg.cholesky(H64)
+    del H64
     return (W64 + alpha * torch.cholesky_solve(C.T, L).T).to(W.dtype)
 
 # %% ../nbs/32_qronos.ipynb #c008
