@@ -116,7 +116,10 @@ def test_rss_does_not_grow_with_the_number_of_blocks(tmp_path):
     (2026-12-02: 406 / 459 and 501), the peak set inside one block's solves over a high-water mark that crept up
     ~3 MiB a block; with the chunked NaN check on H (nb 02) alone 414 / 447 (no visible change); with the solver's
     K x K temporaries cut from 6 to 2 (nb 03) too 147 / 341 (the solves' peak gone, the creep left); with glibc's mmap
-    threshold pinned (nb 16) too 119 / 150, 121 / 144 and 122 / 132 (three runs). The pinned threshold alone: 188 / 205."""
+    threshold pinned (nb 16) too 119 / 150, 121 / 144 and 122 / 132 (three runs). The pinned threshold alone: 188 / 205.
+    Methods that solve against the full-precision model (GPTQ_NB_TEST_METHOD=qronos / gptaq, commit 7619da8+, same
+    day, one run each; plain 119 / 138 in the same hour): Qronos-style 240 / 269 before `qronos_target` kept at most two
+    K x K float64 temporaries, 213 / 220 after; GPTAQ 177 / 199."""
     grow, sizes = {}, {}
     for n in (10, 40):
         sizes[n] = random_llama(tmp_path / f"src{n}", 768, 2048, n) / 2**20
