@@ -328,7 +328,8 @@ def _stream_block(base:BlockContext, bi:int, block, index:dict, caps:list, skip:
     free_block(block)
     rows = report.rows[n_rows:]
     work.commit(bi, tensors, rows, {r["name"]: report.layers[r["name"]] for r in rows},
-                {k: v for k, v in skip.items() if k not in before}, [c["hidden"] for c in caps], fp_hidden)
+                {k: v for k, v in skip.items() if k not in before}, [c["hidden"] for c in caps],
+                None if fp_hidden is None else list(fp_hidden))   # snapshots: the next block replaces the lists' items while this writes
     del tensors
     if os.environ.get("GPTQ_NB_CRASH", "").startswith("after:"): work.wait(); _crash_hook(bi, "after")
     report.summary.setdefault("block_seconds", []).append(round(time.perf_counter() - tb, 3))
