@@ -31,8 +31,9 @@ def default_compile_config():
 class FastGenerate:
     "gptq_nb's `generate` set-up on one model; `enabled` is the switch."
     def __init__(self, enabled:bool=True, devices=("cuda",), merge:bool=True, compile_config=None, loop:bool=True,
-                 graphs:bool|None=None, compile_step:bool|None=None, check_every:int=16):
+                 graphs:bool|None=None, compile_step:bool|None=None, check_every:int=16, pdl:bool=True):
         self.enabled, self.devices, self.merge, self.loop, self.check_every = enabled, tuple(devices), merge, loop, check_every
+        self.pdl = pdl         # the captured step's kernels launch as programmatic dependents (Hopper; `settled_weights`)
         self.graphs, self.compile_step = graphs, compile_step   # None: on CUDA yes, elsewhere no
         self.compile_config = compile_config or default_compile_config()
         self.step_fn = None    # `decode_step`, compiled (once per model: dynamo keeps one entry per shape it saw)
@@ -103,9 +104,10 @@ def decode_step(model, cache_arg:str, cache, tok, pos, slot, keep, kv, additive:
 
 class DecodeStep:
     "One decode step of `model` for `rows` sequences on a static `cache` of `length` slots, from fixed buffers; CUDA-graph captured on first use when `graph`."
-    def __init__(self, model, cache, cache_arg:str, rows:int, length:int, graph:bool, fn=decode_step):
+    def __init__(self, model, cache, cache_arg:str, rows:int, length:int, graph:bool, fn=decode_step, pdl:bool=False):
         dev = model.device
         self.model, self.cache, self.cache_arg, self.want_graph, self.graph, self.fn = model, cache, cache_arg, graph, None, fn
+        self.pdl = pdl and dev.type == "cuda"
         self.tok = torch.zeros(rows, 1, dtype=torch.long, device=dev)
         self.pos = torch.zeros(rows, 1, dtype=torch.long, device=dev)
         self.slot = torch.zeros((), dtype=torch.long, device=dev)       # the cache slot the fed token lands in
@@ -120,7 +122,12 @@ class DecodeStep:
         self.pos.copy_(next_pos.view(-1, 1)); self.slot.fill_(prompt_len)
 
     def _run(self):
-        return self.fn(self.model, self.cache_arg, self.cache, self.tok, self.pos, self.slot, self.keep, self.kv, self.additive)
+        ctx = contextlib.nullcontext()
+        if self.pdl:   # no kernel of a step writes weights: gptq_nb's kernels may read theirs before the previous kernel ends
+            from gptq_nb.kernels.gemm import settled_weights
+            ctx = settled_weights()
+        with ctx:
+            return self.fn(self.model, self.cache_arg, self.cache, self.tok, self.pos, self.slot, self.keep, self.kv, self.additive)
 
     def __call__(self, tokens):
         "Logits (float32) of the next position after feeding `tokens` (one per row)."
@@ -148,6 +155,11 @@ def weights_signature(model) -> tuple:
     "Which modules and which tensor storage `model` runs with: a captured step is valid only while this is unchanged."
     return (tuple(map(id, model.modules())),
             tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers())))
+
+def _inductor_pdl(backend, on:bool) -> dict:
+    "torch.compile options that make inductor's own kernels PDL-aware (wait before their first access), where this torch has it."
+    import torch._inductor.config as ic
+    return dict(options={"triton.enable_pdl": True}) if on and backend == "inductor" and hasattr(ic.triton, "enable_pdl") else {}
 
 def _read_later(t, start:int):
     "Start copying device tensor `t` to the host without waiting: `(start, host copy, event that marks its arrival)`."
@@ -183,9 +195,10 @@ def decode_loop(model, input_ids, logits_processor, stopping_criteria, generatio
         cuda = model.device.type == "cuda"
         if (st.compile_step if st.compile_step is not None else cuda) and st.step_fn is None:
             cc = st.compile_config   # its backend and dynamic setting; the graph is ours, so no "reduce-overhead"
-            st.step_fn = torch.compile(decode_step, backend=cc.backend, fullgraph=cc.fullgraph, dynamic=cc.dynamic)
+            st.step_fn = torch.compile(decode_step, backend=cc.backend, fullgraph=cc.fullgraph, dynamic=cc.dynamic,
+                                       **_inductor_pdl(cc.backend, st.pdl and cuda))
         st.step = DecodeStep(model, cache, cache_arg, rows, length, st.graphs if st.graphs is not None else cuda,
-                             fn=st.step_fn or decode_step)
+                             fn=st.step_fn or decode_step, pdl=st.pdl)
         st.step.signature = sig
     mask, pos = model_kwargs.get("attention_mask"), model_kwargs.get("position_ids")
     nxt = (pos[:, -1] + 1 if pos is not None else mask.long().sum(-1) if mask is not None

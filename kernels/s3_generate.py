@@ -20,7 +20,7 @@ of 3 after 1. Peak GPU memory: `max_memory_allocated` over the model's timed (st
 separately over its first calls (set-up included: merge, compile, capture, cache), `peak_mem_first_call(s)_gib`. Greedy check: the quantized model's first
 32 tokens against the same model with the set-up switched off (`gptq_nb_generate.enabled = False`: transformers'
 eager dynamic-cache path, unmerged kernels' numerics aside), batch 1 and 8. Optional last: the quantized model with a
-4-bit lm_head too (--lm-head); --ab-ordered: a second quantized model with the ordered split-K sums. --fp16-loop adds the fp16 model through gptq_nb's decode loop (what fp16 would gain from
+4-bit lm_head too (--lm-head); --ab-pdl: a second quantized model without PDL in its decode step; --ab-ordered: a second quantized model with the ordered split-K sums. --fp16-loop adds the fp16 model through gptq_nb's decode loop (what fp16 would gain from
 the same loop). The loop's CUDA-graph replay is checked against the same loop run eagerly (identical tokens expected). Everything goes to --out/s3_generate_<model>.json, rewritten after each phase.
 """
 import argparse, datetime, functools, json, os, subprocess, sys, time, traceback
@@ -198,6 +198,8 @@ def main():
                     "split-K partials in order (the pre-atomic default), batches <= 8: the atomic sums' gain in one call")
     ap.add_argument("--ab-scratch", action="store_true", help="also the quantized model's TTFT with the whole W dequantized "
                     "per call (DEQUANT_SCRATCH unlimited) against its column slices, in one call")
+    ap.add_argument("--ab-pdl", action="store_true", help="also a second quantized model set up with FastGenerate(pdl=False) "
+                    "(no programmatic dependent launches in the decode step), batches <= 8: PDL's gain in one call")
     ap.add_argument("--time-limit", type=float, default=1e9, help="seconds; later phases are skipped past it")
     args = ap.parse_args()
     T0 = time.time()
@@ -215,6 +217,8 @@ def main():
     try: meta["commit"] = os.environ.get("COMMIT") or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     except Exception: pass
     if dev.type == "cuda": meta["card"] = torch.cuda.get_device_name(dev)
+    import torch._inductor.config as ic
+    meta["inductor_pdl"] = hasattr(ic.triton, "enable_pdl")
     result = dict(meta=meta, model=args.model, config=SHAPES[args.model], prompt_len=args.prompt_len,
                   new_tokens=args.new_tokens, runs=args.runs, models={})
     save = lambda: json.dump(result, open(path, "w"), indent=1)
@@ -275,6 +279,13 @@ def main():
                 for B in [b for b in args.batches if b <= 8]: run.batch("gptq_ordered_sums", qo, {}, B)
             finally: G._decode_rule = rule
             del qo
+            if dev.type == "cuda": torch.cuda.empty_cache()
+        if args.ab_pdl and not run.over():
+            qp = decode.build_model(cfg, dev, dtype); qp.generation_config.pad_token_id = 0
+            decode.quantize_in_place(qp, dev, dtype); install_generate(qp, pdl=False, **kw)
+            log("== gptq without PDL (A/B)")
+            for B in [b for b in args.batches if b <= 8]: run.batch("gptq_no_pdl", qp, {}, B)
+            del qp
             if dev.type == "cuda": torch.cuda.empty_cache()
         if args.lm_head and not run.over():
             for a in ("_compiled_call", "_last_compile_config"):

@@ -6,7 +6,7 @@ card; launched with as little host work as Python allows; and plugged into `Quan
 
 # %% ../../nbs/23_kernel_dispatch.ipynb #x003
 from __future__ import annotations
-import os, weakref
+import contextlib, os, weakref
 import torch
 from .ref import (triton, tl, have_triton, kernels_available, _interpret, _check_args, _ref_pack_rows,
                                  _ref_unpack_rows, ref_dequant, ref_gemm, random_gptq)
@@ -14,8 +14,8 @@ from .mma import MMAConfig, DequantConfig, Plan, mma_plan, dequantize, _group, _
 from .gemv import DecodeConfig, decode_ok, decode_plan, _gptq_gemv_kernel
 
 # %% auto #0
-__all__ = ['DEQUANT_SCRATCH', 'kernel_candidates', 'pick_config', 'gptq_gemm', 'PreparedGPTQ', 'prepare', 'qlinear_op',
-           'register']
+__all__ = ['DEQUANT_SCRATCH', 'kernel_candidates', 'pick_config', 'settled_weights', 'gptq_gemm', 'PreparedGPTQ', 'prepare',
+           'qlinear_op', 'register']
 
 # %% ../../nbs/23_kernel_dispatch.ipynb #x006
 _SMS: dict = {}
@@ -117,9 +117,31 @@ def _stream(dev:int) -> int:
     "The current CUDA stream's handle, as Triton's own launcher reads it."
     return torch._C._cuda_getCurrentRawStream(dev)
 
+_PDL = [False]   # inside `settled_weights`: kernels with a PDL switch launch as programmatic dependents
+
+def _pdl_ok() -> bool:
+    "Programmatic dependent launch needs a real (not interpreted) CUDA device of compute capability 9.0 or newer."
+    return (triton is not None and not _interpret() and torch.cuda.is_available()
+            and torch.cuda.get_device_capability()[0] >= 9 and os.environ.get("GPTQ_NB_PDL", "1") != "0")
+
+@contextlib.contextmanager
+def settled_weights(on:bool=True):
+    """Inside the block no kernel writes a layer's weights (e.g. one decode step): the kernels launch as programmatic
+    dependents (Hopper's PDL) of the kernel before them, read their first weights while it finishes, and wait for it
+    before touching activations, split-K state or outputs. A no-op where PDL can't run; `GPTQ_NB_PDL=0` turns it off."""
+    prev = _PDL[0]
+    _PDL[0] = bool(on) and _pdl_ok()
+    try: yield
+    finally: _PDL[0] = prev
+
+def _with_pdl(consts:dict) -> dict:
+    "The consts a launch uses: PDL on inside `settled_weights`, for a kernel that has the switch."
+    return dict(consts, PDL=1) if _PDL[0] and "PDL" in consts else consts
+
 def _compile_launch(kernel, grid, args, consts, warps, stages):
     "Launch through Triton's generic path; return (compiled kernel, its constexpr values in signature order)."
-    ck = kernel[grid](*args, **consts, num_warps=warps, num_stages=stages)
+    pdl = dict(launch_pdl=True) if consts.get("PDL") else {}
+    ck = kernel[grid](*args, **consts, num_warps=warps, num_stages=stages, **pdl)
     return ck, [consts[n] for n in kernel.arg_names[len(args):]]
 
 def _direct_launch(compiled, grid, args, dev:int):
@@ -129,8 +151,9 @@ def _direct_launch(compiled, grid, args, dev:int):
 
 def _launch(kernel, grid, args, consts, warps, stages):
     "`kernel[grid](*args, **consts)`, through the compiled launcher after the first launch of a specialisation."
+    consts = _with_pdl(consts)
     if not _fast_ok():
-        kernel[grid](*args, **consts, num_warps=warps, num_stages=stages)
+        _compile_launch(kernel, grid, args, consts, warps, stages)
         return
     dev = args[0].device.index
     # the specialisation Triton keys on: int divisibility by 16, ones and width; pointer dtype and 16-byte alignment
@@ -302,7 +325,7 @@ class _Call:
         self.M = x.numel() // self.K
         plan = _make_plan(x, self.M, self.K, self.qweight, self.qzeros, self.scales, self.g_idx, *self.fmt, self.bias, None)
         self.plan = plan[1] if plan[0] == "kernel" and _fast_ok() else None
-        self.compiled = None
+        self.compiled = [None, None]   # without and with PDL (`settled_weights`)
         _locks(x.device, 1); _sums(x.device, 1)   # split-K counters and sums exist before any capture: one allocated
                               # inside a CUDA graph's pool and kept by this module would break torch.compile's CUDA-graph trees
         if self.plan is not None:
@@ -327,9 +350,10 @@ class _Call:
         ws = self.ws if self.ws is not None else out
         args = _kernel_args(P, x2, out, ws, self.locks if self.ws is not None else out, self.qweight, self.qzeros,
                             self.scales, self.g_idx, self.bias if self.bias is not None else out)
-        if self.compiled is not None: _direct_launch(self.compiled, P.grid, args, x.device.index)
+        pdl = int(_PDL[0] and "PDL" in P.consts)
+        if self.compiled[pdl] is not None: _direct_launch(self.compiled[pdl], P.grid, args, x.device.index)
         else:
-            try: self.compiled = _compile_launch(P.kernel, P.grid, args, P.consts, P.warps, P.stages)
+            try: self.compiled[pdl] = _compile_launch(P.kernel, P.grid, args, _with_pdl(P.consts), P.warps, P.stages)
             except Exception as e:   # e.g. OutOfResources: the general path retries with one stage
                 if type(e).__name__ != "OutOfResources": raise
                 self.plan = None

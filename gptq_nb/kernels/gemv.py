@@ -158,9 +158,12 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
                       M, N, K, stride_xm, stride_om, stride_z, k_per_split,
                       BITS: tl.constexpr, GROUP: tl.constexpr, ZOFF: tl.constexpr, HAS_BIAS: tl.constexpr,
                       SPLIT: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr, WPI: tl.constexpr,
-                      PF: tl.constexpr, XBF16: tl.constexpr, ASM: tl.constexpr, RED: tl.constexpr, H2: tl.constexpr):
+                      PF: tl.constexpr, XBF16: tl.constexpr, ASM: tl.constexpr, RED: tl.constexpr, H2: tl.constexpr,
+                      PDL: tl.constexpr):
     """CUDA-core decode: M ≤ MB ≤ 4 rows; K a multiple of the tile's WPI·32/BITS rows, which divide GROUP.
-    H2 (4-bit, fp16): packed-half arithmetic (`_w4_dot`) instead of the fp32 mantissa trick."""
+    H2 (4-bit, fp16): packed-half arithmetic (`_w4_dot`) instead of the fp32 mantissa trick.
+    PDL (launched as a programmatic dependent of the previous kernel): the first tile of weights is read before waiting
+    for that kernel; activations, sums and outputs only after."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     PER: tl.constexpr = 32 // BITS
@@ -181,6 +184,8 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
     w_ptrs = qw_ptr + (k_lo // PER + offs_r)[:, None] * N + offs_n[None, :]
     if PF:
         w_next = tl.load(w_ptrs, mask=n_mask[None, :] & (k_lo < k_hi), other=0)
+    if PDL:   # weights are constant while PDL is on (`settled_weights`); x and the split-K state are the last kernel's
+        tl.extra.cuda.gdc_wait()
     for k0 in range(k_lo, k_hi, ROWS):
         if PF:   # double-buffered in registers: the next tile's words are in flight while this one is used
             w = w_next
@@ -248,6 +253,8 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
             if MB > 2:
                 y2 += _gemv_tile(ah2, al2, sh2, sl2, s, z, BITS)
                 y3 += _gemv_tile(ah3, al3, sh3, sl3, s, z, BITS)
+    if PDL:   # the next kernel may start its own prologue while these programs sum and store
+        tl.extra.cuda.gdc_launch_dependents()
     offs_m = tl.arange(0, MB)
     r = offs_m[:, None]
     y = tl.where(r == 0, y0[None, :], tl.where(r == 1, y1[None, :], tl.where(r == 2, y2[None, :], y3[None, :])))
@@ -284,5 +291,5 @@ def decode_plan(M, K, N, bits, group_size, zoff, has_bias, dtype, cfg:DecodeConf
     consts = dict(BITS=bits, GROUP=_group(K, group_size), ZOFF=zoff, HAS_BIAS=has_bias, SPLIT=sk > 1, MB=mb,
                   BLOCK_N=cfg.block_n, WPI=cfg.words_per_thread, PF=int(cfg.prefetch), XBF16=dtype == torch.bfloat16,
                   ASM=not _interpret(), RED=0 if cfg.atomic_reduce and sk > 1 else max(1, min(8, 4096 // (mb * cfg.block_n))),
-                  H2=bool(cfg.packed_half) and bits == 4 and dtype == torch.float16)
+                  H2=bool(cfg.packed_half) and bits == 4 and dtype == torch.float16, PDL=0)
     return Plan(_gptq_gemv_kernel, grid, consts, kps, sk, grid[0], cfg.warps, 1)

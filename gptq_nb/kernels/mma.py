@@ -130,7 +130,9 @@ def _gptq_mm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, gi_ptr, b_ptr, out_ptr, ws_ptr
                     BITS: tl.constexpr, GROUP: tl.constexpr, ZOFF: tl.constexpr, HAS_GIDX: tl.constexpr,
                     HAS_BIAS: tl.constexpr, PER_BLOCK: tl.constexpr, UNPACK: tl.constexpr, CVT: tl.constexpr,
                     SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    RED: tl.constexpr):
+                    RED: tl.constexpr, PDL: tl.constexpr):
+    if PDL:   # a programmatic dependent launch (`settled_weights`): start once the previous kernel is done with memory
+        tl.extra.cuda.gdc_wait()
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -168,6 +170,8 @@ def _gptq_mm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, gi_ptr, b_ptr, out_ptr, ws_ptr
             else:
                 wq = wq.to(x.dtype)
             acc = tl.dot(x, wq, acc)
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
     _split_store(acc, out_ptr, ws_ptr, lock_ptr, b_ptr, offs_m, offs_n, M, N, stride_om,
                  pid_m * tl.num_programs(0) + pid_n, tl.num_programs(2), pid_k, SPLIT, HAS_BIAS, RED)
 
@@ -249,7 +253,8 @@ def mma_plan(M, K, N, bits, group_size, zoff, has_gidx, has_bias, dtype, cfg:MMA
     grid = (-(-N // cfg.block_n), -(-M // cfg.block_m), sk)
     consts = dict(BITS=bits, GROUP=G, ZOFF=zoff, HAS_GIDX=has_gidx, HAS_BIAS=has_bias, PER_BLOCK=per_block,
                   UNPACK=unpack, CVT=cvt, SPLIT=sk > 1, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                  RED=1)   # partials one at a time: a [RED, BM, BN] sum cost this kernel ~15% at m=4-16 (H200)
+                  RED=1,   # partials one at a time: a [RED, BM, BN] sum cost this kernel ~15% at m=4-16 (H200)
+                  PDL=0)   # set at launch inside `settled_weights` (23_kernel_dispatch)
     return Plan(_gptq_mm_kernel, grid, consts, kps, sk, grid[0] * grid[1], cfg.warps, cfg.stages)
 
 # %% ../../nbs/21_kernel_mma.ipynb #m011
