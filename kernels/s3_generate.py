@@ -200,6 +200,8 @@ def main():
                     "per call (DEQUANT_SCRATCH unlimited) against its column slices, in one call")
     ap.add_argument("--ab-pdl", action="store_true", help="also a second quantized model set up with FastGenerate(pdl=False) "
                     "(no programmatic dependent launches in the decode step), batches <= 8: PDL's gain in one call")
+    ap.add_argument("--fp16-pdl", action="store_true", help="also a second fp16 model compiled with inductor's PDL "
+                    "(triton.enable_pdl), batches <= 8: what the same switch would give fp16 (not transformers' default)")
     ap.add_argument("--time-limit", type=float, default=1e9, help="seconds; later phases are skipped past it")
     args = ap.parse_args()
     T0 = time.time()
@@ -286,6 +288,14 @@ def main():
             log("== gptq without PDL (A/B)")
             for B in [b for b in args.batches if b <= 8]: run.batch("gptq_no_pdl", qp, {}, B)
             del qp
+            if dev.type == "cuda": torch.cuda.empty_cache()
+        if args.fp16_pdl and not args.skip_fp16 and not run.over():
+            import torch._inductor.config as ic
+            fq = decode.build_model(cfg, dev, dtype); fq.generation_config.pad_token_id = 0
+            log("== fp16 with inductor PDL (not transformers' default)")
+            with ic.patch({"triton.enable_pdl": True}):
+                for B in [b for b in args.batches if b <= 8]: run.batch("fp16_inductor_pdl", fq, dict(cache_implementation="static"), B)
+            del fq
             if dev.type == "cuda": torch.cuda.empty_cache()
         if args.lm_head and not run.over():
             for a in ("_compiled_call", "_last_compile_config"):
