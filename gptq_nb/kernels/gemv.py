@@ -209,22 +209,16 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
             zb = (zi + 1024).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
             zh = (zb | (zb << 16))[None, :]   # the half2 (1024 + z, 1024 + z)
             p0, p1, p2, p3 = _h2_pairs(xw, 0 < M, ASM)
-            if MB == 1:
-                ah0 += _w4_dot(w, zh, p0, p1, p2, p3, ASM)
+            if MB == 1:   # assigned, not added to the zeros: x + 0.0 is not folded away (IEEE -0), one FADD a word
+                ah0 = _w4_dot(w, zh, p0, p1, p2, p3, ASM)
             elif MB == 2:
                 r0, r1, r2, r3 = _h2_pairs(xw + xs, 1 < M, ASM)
-                d0, d1 = _w4_dot2(w, zh, p0, p1, p2, p3, r0, r1, r2, r3, ASM)
-                ah0 += d0
-                ah1 += d1
+                ah0, ah1 = _w4_dot2(w, zh, p0, p1, p2, p3, r0, r1, r2, r3, ASM)
             else:
                 r0, r1, r2, r3 = _h2_pairs(xw + xs, 1 < M, ASM)
                 u0, u1, u2, u3 = _h2_pairs(xw + 2 * xs, 2 < M, ASM)
                 v0, v1, v2, v3 = _h2_pairs(xw + 3 * xs, 3 < M, ASM)
-                d0, d1, d2, d3 = _w4_dot4(w, zh, p0, p1, p2, p3, r0, r1, r2, r3, u0, u1, u2, u3, v0, v1, v2, v3, ASM)
-                ah0 += d0
-                ah1 += d1
-                ah2 += d2
-                ah3 += d3
+                ah0, ah1, ah2, ah3 = _w4_dot4(w, zh, p0, p1, p2, p3, r0, r1, r2, r3, u0, u1, u2, u3, v0, v1, v2, v3, ASM)
         for i in tl.static_range(0 if H2 else PER // 2):   # codes 2i and 2i+1 of every word: one shift, two LOP3s
             SH = 23 - 2 * BITS * (i + 1)
             if SH >= 0:
