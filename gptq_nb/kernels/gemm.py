@@ -191,9 +191,6 @@ def _dequant_mm(x2, qweight, qzeros, scales, g_idx, bits, group_size, checkpoint
     K, N = x2.shape[1], scales.shape[1]
     step = max(256, DEQUANT_SCRATCH // (K * x2.element_size()) // 256 * 256)
     if bias is not None: bias = bias.to(x2.dtype)
-    if step >= N:
-        W = dequantize(qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format, K=K, dtype=x2.dtype)
-        return torch.addmm(bias, x2, W) if bias is not None else x2 @ W
     out = torch.empty(x2.shape[0], N, dtype=x2.dtype, device=x2.device)
     for j in range(0, N, step):
         c = slice(j, min(N, j + step))
