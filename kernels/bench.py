@@ -224,6 +224,22 @@ def n_copies(nbytes, cap=512):
     return int(min(cap, max(1, math.ceil(4 * L2 / nbytes))))
 
 
+def fp16_copies(K, N):
+    "Random fp16 W [K, N] and enough copies of it that rotating through them reads HBM on every call (the fp16 reference)."
+    W = torch.randn(K, N, device=dev, dtype=torch.float16) * 0.02
+    return [W] + [W.clone() for _ in range(n_copies(K * N * 2) - 1)]
+
+
+def family_totals(per_shape, shapes, m, value):
+    "Per variant, `value(name, record)` summed over a family's layer shapes at m rows (a None value is left out)."
+    tot = {}
+    for (K, N) in shapes:
+        for name, v in per_shape[f"{K}x{N}"][m].items():
+            x = value(name, v)
+            if x is not None: tot[name] = tot.get(name, 0.0) + x
+    return tot
+
+
 def copies(L, n):
     "n independent copies of a layer's tensors (rotated through so that each call reads its weights from HBM)."
     return [dict(args_of(L, False), qweight=L["qweight"].clone(), qzeros=L["qzeros"].clone(), scales=L["scales"].clone())
@@ -412,9 +428,7 @@ def s1(records, families=None, ms=MS, peers=("tinygemm", "gemlite"), eager=True,
             nq = n_copies(qbytes(L))
             Ls = copies(L, nq)
             qls = [qlinear_of(dict(L, **{k: A[k] for k in ("qweight", "qzeros", "scales")}), K, N) for A in Ls]
-            W = torch.randn(K, N, device=dev, dtype=torch.float16) * 0.02
-            nf = n_copies(K * N * 2)
-            Ws = [W] + [W.clone() for _ in range(nf - 1)]
+            Ws = fp16_copies(K, N)
             Wts = [w.t().contiguous() for w in Ws]
             tg = gl = None
             if "tinygemm" in peers:
@@ -449,7 +463,7 @@ def s1(records, families=None, ms=MS, peers=("tinygemm", "gemlite"), eager=True,
                     r["gemlite_graph"] = safe(graph_time, [lambda: gl(x)])   # one copy: GemLite's weights are its own
                     if eager and m <= 16: r["gemlite_eager"] = safe(eager_time, [lambda: gl(x)])
                 per[f"{m}/{K}/{N}"] = r
-            del Ls, qls, Ws, Wts, W, tg, gl
+            del Ls, qls, Ws, Wts, tg, gl
             torch.cuda.empty_cache()
         rows = {}
         for m in ms:

@@ -14,7 +14,7 @@ ratio to fp16; writes gemv_reduce.json.
 import argparse, datetime, json, os, subprocess, time
 import torch
 import torch.nn.functional as F
-from kernels.bench import graph_time, layer, copies, n_copies, qbytes, rel, safe, log, args_of
+from kernels.bench import graph_time, layer, copies, n_copies, qbytes, rel, safe, log, args_of, fp16_copies, family_totals
 from gptq_nb.kernels import gemm as G
 from gptq_nb.kernels.gemv import decode_plan
 
@@ -122,8 +122,7 @@ def main():
             if f"{K}x{N}" in rec["shapes"]: continue
             L = layer(K, N, seed=K + 3 * N)
             Ls = copies(L, n_copies(qbytes(L)))
-            W = torch.randn(K, N, device="cuda", dtype=torch.float16) * 0.02
-            Ws = [W] + [W.clone() for _ in range(n_copies(K * N * 2) - 1)]
+            Ws = fp16_copies(K, N)
             Wts = [w.t().contiguous() for w in Ws]
             per = {}
             for m in ms:
@@ -147,14 +146,11 @@ def main():
                 log(f"{fam:13s} {K:5d}x{N:<6d} m={m}  fp16 {r['fp16'] * 1e3:6.1f} us  " +
                     "  ".join(f"{n} {v['us']:6.1f}" for n, v in r.items() if isinstance(v, dict)))
             rec["shapes"][f"{K}x{N}"] = per
-            del Ls, Ws, Wts, W
+            del Ls, Ws, Wts
             torch.cuda.empty_cache()
         sums = {}
         for m in ms:
-            tot = {}
-            for (K, N) in shapes:
-                for n, v in rec["shapes"][f"{K}x{N}"][m].items():
-                    tot[n] = tot.get(n, 0.0) + (v["us"] if isinstance(v, dict) else v * 1e3)
+            tot = family_totals(rec["shapes"], shapes, m, lambda n, v: v["us"] if isinstance(v, dict) else v * 1e3)
             best_atomic = sum(min(v["us"] for n, v in rec["shapes"][f"{K}x{N}"][m].items()
                                   if isinstance(v, dict) and n.startswith("atomic")) for (K, N) in shapes)
             tot["best-atomic"] = best_atomic

@@ -7,9 +7,9 @@ bandwidth on 7–8B layers. ptxas at 64 registers spills 68 bytes a thread (56 l
 Here: `gptq_gemm` on the Llama-2-7B and Llama-3-8B sets at m = 1 as the rule runs it, then compiled with maxnreg 64
 and 72, each checked against float64 and graph-timed back to back (bench.graph_time) in this one process.
 """
-import argparse, json, os, subprocess, datetime
+import argparse, json, os, datetime
 import torch
-from kernels.bench import graph_time, layer, copies, n_copies, qbytes, rel, safe, log, args_of
+from kernels.bench import graph_time, layer, copies, n_copies, qbytes, rel, safe, log, args_of, family_totals
 from kernels.gemv_reduce import SETS
 from gptq_nb.kernels import gemm as G
 
@@ -29,7 +29,6 @@ def main():
     a = ap.parse_args()
     rec = dict(date=str(datetime.date.today()), card=torch.cuda.get_device_name(), commit=os.environ.get("COMMIT", ""), shapes={}, sets={})
     for fam in a.sets.split(","):
-        tot = {}
         for (K, N) in SETS[fam]:
             L = layer(K, N, seed=K + 3 * N); Ls = copies(L, n_copies(qbytes(L)))
             x = torch.randn(1, K, device="cuda", dtype=torch.float16)
@@ -40,11 +39,11 @@ def main():
                 y = G.gptq_gemm(x, **args_of(Ls[0], False)); y = G.gptq_gemm(x, **args_of(Ls[0], False))
                 e = rel(y, ref)
                 r[tag] = dict(us=safe(graph_time, [lambda A=A: G.gptq_gemm(x, **args_of(A, False)) for A in Ls]) * 1e3 if e < 2e-3 else float("inf"), err=e)
-                tot[tag] = tot.get(tag, 0.0) + r[tag]["us"]
             G._compile_launch = _orig; G._FAST.clear()
-            rec["shapes"][f"{K}x{N}"] = r
+            rec["shapes"][f"{K}x{N}"] = {1: r}   # keyed by m, as the other scripts
             log(f"{fam} {K}x{N} m=1 " + "  ".join(f"{t} {v['us']:.2f} us (err {v['err']:.1e})" for t, v in r.items()))
             del Ls, L; torch.cuda.empty_cache()
+        tot = family_totals(rec["shapes"], SETS[fam], 1, lambda t, v: v["us"])
         rec["sets"][fam] = tot
         log(f"  {fam}: " + "  ".join(f"{t} {v:.1f} us" for t, v in tot.items()))
     os.makedirs(a.out, exist_ok=True)

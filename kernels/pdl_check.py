@@ -11,8 +11,7 @@ step gives it: that pair's time less the `mul_` alone. Writes pdl_check.json.
 """
 import argparse, datetime, json, os, subprocess, time
 import torch
-import torch.nn.functional as F
-from kernels.bench import graph_time, layer, copies, n_copies, qbytes, rel, safe, log, args_of
+from kernels.bench import graph_time, layer, copies, n_copies, qbytes, rel, safe, log, args_of, fp16_copies, family_totals
 from kernels.gemv_reduce import SETS
 from gptq_nb.kernels import gemm as G
 
@@ -69,8 +68,7 @@ def main():
         for (K, N) in shapes:
             L = layer(K, N, seed=K + 3 * N)
             Ls = copies(L, n_copies(qbytes(L)))
-            W = torch.randn(K, N, device="cuda", dtype=torch.float16) * 0.02
-            Ws = [W] + [W.clone() for _ in range(n_copies(K * N * 2) - 1)]
+            Ws = fp16_copies(K, N)
             per = {}
             for m in ms:
                 x = torch.randn(m, K, device="cuda", dtype=torch.float16)
@@ -91,14 +89,11 @@ def main():
                 per[m] = r
                 log(f"{fam:13s} {K:5d}x{N:<6d} m={m:<3d} " + "  ".join(f"{k} {v:6.2f}" for k, v in r.items() if not k.endswith("err")))
             rec["shapes"][f"{K}x{N}"] = per
-            del Ls, Ws, W
+            del Ls, Ws
             torch.cuda.empty_cache()
         sums = {}
         for m in ms:
-            tot = {}
-            for (K, N) in shapes:
-                for k, v in rec["shapes"][f"{K}x{N}"][m].items():
-                    if not k.endswith("err"): tot[k] = tot.get(k, 0.0) + v
+            tot = family_totals(rec["shapes"], shapes, m, lambda k, v: None if k.endswith("err") else v)
             sums[m] = dict(us=tot, back_to_back=dict(gptq=tot["fp16"] / tot.get("gptq", 1e9), pdl=tot["fp16"] / tot.get("gptq+pdl", 1e9)),
                            behind=dict(gptq=tot["fp16_behind"] / tot.get("gptq_behind", 1e9),
                                        pdl=tot["fp16_behind"] / tot.get("gptq+pdl_behind", 1e9)))
