@@ -162,6 +162,7 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
                       PDL: tl.constexpr):
     """CUDA-core decode: M ≤ MB ≤ 4 rows; K a multiple of the tile's WPI·32/BITS rows, which divide GROUP.
     H2 (4-bit, fp16): packed-half arithmetic (`_w4_dot`) instead of the fp32 mantissa trick.
+    PF: tiles of words in flight ahead of the one in use (0, 1 or 2), held in registers.
     PDL (launched as a programmatic dependent of the previous kernel): the first tile of weights is read before waiting
     for that kernel; activations, sums and outputs only after."""
     pid_n = tl.program_id(0)
@@ -182,12 +183,19 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, K)
     w_ptrs = qw_ptr + (k_lo // PER + offs_r)[:, None] * N + offs_n[None, :]
-    if PF:
+    if PF >= 1:
         w_next = tl.load(w_ptrs, mask=n_mask[None, :] & (k_lo < k_hi), other=0)
+    if PF >= 2:
+        w_next2 = tl.load(w_ptrs + WPI * N, mask=n_mask[None, :] & (k_lo + ROWS < k_hi), other=0)
     if PDL:   # weights are constant while PDL is on (`settled_weights`); x and the split-K state are the last kernel's
         tl.extra.cuda.gdc_wait()
     for k0 in range(k_lo, k_hi, ROWS):
-        if PF:   # double-buffered in registers: the next tile's words are in flight while this one is used
+        if PF >= 2:   # two tiles in flight while this one is used
+            w = w_next
+            w_next = w_next2
+            w_ptrs += WPI * N
+            w_next2 = tl.load(w_ptrs + WPI * N, mask=n_mask[None, :] & (k0 + 2 * ROWS < k_hi), other=0)
+        elif PF == 1:   # double-buffered in registers: the next tile's words are in flight while this one is used
             w = w_next
             w_ptrs += WPI * N
             w_next = tl.load(w_ptrs, mask=n_mask[None, :] & (k0 + ROWS < k_hi), other=0)
@@ -263,9 +271,10 @@ class DecodeConfig(NamedTuple):
     words_per_thread: int = 8    # packed word rows per column and step: the step covers words·32/bits input rows
     split_k: int = 1             # programs per column tile over disjoint K ranges; the last one sums the partials
     warps: int = 4
-    prefetch: bool = True        # load the next step's words while this one computes
+    prefetch: int = 1            # tiles of words in flight ahead of the one in use (0, 1 or 2; more registers each)
     packed_half: bool = True     # 4-bit fp16: half2 arithmetic (HFMA2) instead of the fp32 exponent trick
     atomic_reduce: bool = False  # split-K partials added in L2 as they arrive (fp32 atomics: order, so last bits, vary)
+    max_registers: int = 0       # ptxas register cap a thread (0: its own choice); a cap buys occupancy, may spill
 
 def decode_ok(M:int, K:int, bits:int, has_gidx:bool, group_size:int, dtype, cfg:DecodeConfig) -> bool:
     "Can the decode kernel take this call: ≤ 4 rows, b ∈ {2, 4, 8}, no g_idx, steps that divide K and the group."
@@ -279,6 +288,8 @@ def decode_plan(M, K, N, bits, group_size, zoff, has_bias, dtype, cfg:DecodeConf
     if _group(K, group_size) % rows or K % rows:
         raise ValueError(f"DecodeConfig(words_per_thread={cfg.words_per_thread}) steps {rows} rows, which must divide "
                          f"group_size={group_size} and K={K}: use fewer words per thread.")
+    if cfg.prefetch not in (0, 1, 2):
+        raise ValueError(f"DecodeConfig(prefetch={cfg.prefetch!r}): the kernel keeps 0, 1 or 2 tiles in flight.")
     kps, sk = _splits(K, cfg.split_k, rows)
     mb = max(1, 1 << (M - 1).bit_length())
     grid = (-(-N // cfg.block_n), sk, 1)
@@ -286,4 +297,5 @@ def decode_plan(M, K, N, bits, group_size, zoff, has_bias, dtype, cfg:DecodeConf
                   BLOCK_N=cfg.block_n, WPI=cfg.words_per_thread, PF=int(cfg.prefetch), XBF16=dtype == torch.bfloat16,
                   ASM=not _interpret(), RED=0 if cfg.atomic_reduce and sk > 1 else max(1, min(8, 4096 // (mb * cfg.block_n))),
                   H2=bool(cfg.packed_half) and bits == 4 and dtype == torch.float16, PDL=0)
+    if cfg.max_registers: consts["maxnreg"] = cfg.max_registers   # a compile option, passed with the constexprs
     return Plan(_gptq_gemv_kernel, grid, consts, kps, sk, grid[0], cfg.warps, 1)

@@ -1,0 +1,93 @@
+"""What the decode kernel's m = 1–4 time is waiting on: bytes in flight, registers, program length (issue 10).
+
+Run on the lent GPU from the repo root:  PYTHONPATH=. python3 kernels/decode_sweep.py --out $OUT [--ms 1,2,4]
+
+ncu (session 9) read the m = 1 kernel as latency-bound: 80 registers, one-warp programs 24 to an SM, one tile of words
+in flight per warp behind the one in use, 22-40% of DRAM bandwidth on 7-8B layers. Here, for every layer shape of six
+families (merged q/k/v and gate/up, as `generate` runs them) and each m, the rule's `DecodeConfig` and variants of it,
+each one change away: two tiles in flight (`prefetch=2`), none (`prefetch=0`), half / twice the splits, twice the
+words per step, twice the columns with twice the warps (same work a thread), and a 64-register cap (two tiles at a
+cap of 80 spill 56-572 bytes a thread in a local sm_90 compile, so not tried). All inside `settled_weights` (PDL, as `generate` runs them), each checked against
+float64, graph-timed back to back (bench.graph_time) beside fp16 (faster of matmul / F.linear). Writes decode_sweep.json.
+"""
+import argparse, datetime, json, os, subprocess, time
+import torch
+import torch.nn.functional as F
+from kernels.bench import graph_time, layer, copies, n_copies, qbytes, rel, safe, log, args_of, fp16_copies, family_totals
+from kernels.gemv_reduce import SETS
+from gptq_nb.kernels import gemm as G
+from gptq_nb.kernels.gemv import DecodeConfig
+
+
+def variants(rule: DecodeConfig, K: int, group: int = 128):
+    "name -> DecodeConfig, each one change from the rule's (those that can't run on this shape left out)."
+    v = dict(rule=rule, pf2=rule._replace(prefetch=2), pf0=rule._replace(prefetch=0),
+             reg64=rule._replace(max_registers=64))
+    if rule.split_k > 1:
+        v["split/2"] = rule._replace(split_k=rule.split_k // 2)
+        v["pf2_split/2"] = rule._replace(split_k=rule.split_k // 2, prefetch=2)
+    if rule.split_k < 32 and K // (rule.split_k * 2) >= rule.words_per_thread * 8 * 2: v["split*2"] = rule._replace(split_k=rule.split_k * 2)
+    w2 = rule.words_per_thread * 2
+    if group % (w2 * 8) == 0 and K % (w2 * 8) == 0: v["wpi*2"] = rule._replace(words_per_thread=w2)
+    if rule.warps < 4: v["bn*2_warps*2"] = rule._replace(block_n=rule.block_n * 2, warps=rule.warps * 2)
+    return v
+
+
+NAMES = ("rule", "pf2", "pf0", "reg64", "split/2", "pf2_split/2", "split*2", "wpi*2", "bn*2_warps*2")
+
+
+def main():
+    ap = argparse.ArgumentParser(); ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--ms", default="1,2,4"); ap.add_argument("--budget", type=float, default=300)
+    ap.add_argument("--sets", default=",".join(SETS))
+    a = ap.parse_args()
+    ms = [int(v) for v in a.ms.split(",")]
+    t00 = time.time()
+    rec = dict(date=str(datetime.date.today()), card=torch.cuda.get_device_name(), torch=torch.__version__,
+               pdl_ok=G._pdl_ok(), commit=os.environ.get("COMMIT") or subprocess.run(
+                   ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+               shapes={}, sets={}, configs={})
+    bad = []
+    done = []
+    for fam in a.sets.split(","):
+        if time.time() - t00 > a.budget: log("budget spent before", fam); break
+        shapes = SETS[fam]
+        for (K, N) in shapes:
+            key = f"{K}x{N}"
+            if key in rec["shapes"]: continue
+            L = layer(K, N, seed=K + 3 * N)
+            Ls = copies(L, n_copies(qbytes(L)))
+            Ws = fp16_copies(K, N)
+            per = {}
+            for m in ms:
+                x = torch.randn(m, K, device="cuda", dtype=torch.float16)
+                ref = G.ref_gemm(x, **args_of(L, False))
+                r = dict(fp16=min(safe(graph_time, [lambda w=w: torch.matmul(x, w) for w in Ws]),
+                                  safe(graph_time, [lambda w=w: F.linear(x, w.t()) for w in Ws])) * 1e3)
+                rule = G.pick_config(m, K, N)
+                rec["configs"][f"{key}/{m}"] = rule._asdict()
+                with G.settled_weights():
+                    for tag, cfg in variants(rule, K).items():
+                        try:
+                            y = G.gptq_gemm(x, config=cfg, **args_of(Ls[0], False)); err = rel(y, ref)
+                        except Exception as ex:
+                            log("   ", key, m, tag, "can't run:", type(ex).__name__, str(ex)[:100]); continue
+                        if not err <= 2e-3: bad.append((key, m, tag, err)); log("  FAIL", key, m, tag, err); continue
+                        r[tag] = safe(graph_time, [lambda A=A, c=cfg: G.gptq_gemm(x, config=c, **args_of(A, False)) for A in Ls]) * 1e3
+                for t in NAMES: r.setdefault(t, r["rule"])   # a variant that can't differ here (or failed: see failures) counts as the rule
+                per[m] = r
+                log(f"{fam:12s} {key:12s} m={m} " + "  ".join(f"{k} {v:.2f}" for k, v in r.items()))
+            rec["shapes"][key] = per
+            del Ls, Ws; torch.cuda.empty_cache()
+        sums = {}
+        for m in ms:
+            tot = family_totals(rec["shapes"], shapes, m, lambda k, v: v)
+            sums[m] = dict(us=tot, x_fp16={k: tot["fp16"] / v for k, v in tot.items() if k != "fp16"})
+            log(f"  {fam} m={m} x fp16: " + "  ".join(f"{k} {v:.2f}" for k, v in sums[m]["x_fp16"].items()))
+        rec["sets"][fam] = sums
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, "decode_sweep.json"), "w") as f: json.dump(dict(rec, failures=bad), f, indent=1)
+    log("failures:", bad, f"[{time.time() - t00:.0f} s]")
+
+
+if __name__ == "__main__": main()
