@@ -29,11 +29,14 @@ def variants(rule: DecodeConfig, K: int, group: int = 128):
     if rule.split_k < 32 and K // (rule.split_k * 2) >= rule.words_per_thread * 8 * 2: v["split*2"] = rule._replace(split_k=rule.split_k * 2)
     w2 = rule.words_per_thread * 2
     if group % (w2 * 8) == 0 and K % (w2 * 8) == 0: v["wpi*2"] = rule._replace(words_per_thread=w2)
+    for f in (2, 4):   # wider programs (longer runs of each word row), as many of them through more splits
+        if rule.split_k * f <= 64 and K // (rule.split_k * f) >= rule.words_per_thread * 8:
+            v[f"bn*{f}_split*{f}"] = rule._replace(block_n=rule.block_n * f, split_k=rule.split_k * f)
     if rule.warps < 4: v["bn*2_warps*2"] = rule._replace(block_n=rule.block_n * 2, warps=rule.warps * 2)
     return v
 
 
-NAMES = ("rule", "pf2", "pf0", "reg64", "split/2", "pf2_split/2", "split*2", "wpi*2", "bn*2_warps*2")
+NAMES = ("rule", "pf2", "pf0", "reg64", "split/2", "pf2_split/2", "split*2", "wpi*2", "bn*2_warps*2", "bn*2_split*2", "bn*4_split*4")
 
 
 def main():
