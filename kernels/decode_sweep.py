@@ -2,12 +2,15 @@
 
 Run on the lent GPU from the repo root:  PYTHONPATH=. python3 kernels/decode_sweep.py --out $OUT [--ms 1,2,4]
 
-ncu (session 9) read the m = 1 kernel as latency-bound: 80 registers, one-warp programs 24 to an SM, one tile of words
-in flight per warp behind the one in use, 22-40% of DRAM bandwidth on 7-8B layers. Here, for every layer shape of six
-families (merged q/k/v and gate/up, as `generate` runs them) and each m, the rule's `DecodeConfig` and variants of it,
-each one change away: two tiles in flight (`prefetch=2`), none (`prefetch=0`), half / twice the splits, twice the
-words per step, twice the columns with twice the warps (same work a thread), and a 64-register cap (two tiles at a
-cap of 80 spill 56-572 bytes a thread in a local sm_90 compile, so not tried). All inside `settled_weights` (PDL, as `generate` runs them), each checked against
+ncu (session 9) read the m = 1 kernel as latency-bound (80 registers, one-warp programs 24 to an SM, 22-40% of DRAM
+bandwidth on 7-8B layers). The first run of this script (commit 3872a69, results/2026-12-03_H200_decode_sweep_3872a69.json)
+found the rule faster than two tiles of words in flight, no prefetch, a 64-register cap (spills), half or twice the
+splits, twice the words a step and wider programs, on every family; and tile_read.py read the same tiles at 3.3 TB/s
+(7.5 us on 4096x12288 against the kernel's 11.9). What the kernel waits on each step besides its words: the group's
+scales and zeros and the activations, loaded in the step that uses them. Here, for every layer shape of six families
+(merged q/k/v and gate/up, as `generate` runs them) and each m: the rule, the same with scales and zeros loaded a
+step ahead (`prefetch_side=1`), also the activations (2), and one-change variants of the first.
+All inside `settled_weights` (PDL, as `generate` runs them), each checked against
 float64, graph-timed back to back (bench.graph_time) beside fp16 (faster of matmul / F.linear). Writes decode_sweep.json.
 """
 import argparse, datetime, json, os, subprocess, time
@@ -20,23 +23,19 @@ from gptq_nb.kernels.gemv import DecodeConfig
 
 
 def variants(rule: DecodeConfig, K: int, group: int = 128):
-    "name -> DecodeConfig, each one change from the rule's (those that can't run on this shape left out)."
-    v = dict(rule=rule, pf2=rule._replace(prefetch=2), pf0=rule._replace(prefetch=0),
-             reg64=rule._replace(max_registers=64))
-    if rule.split_k > 1:
-        v["split/2"] = rule._replace(split_k=rule.split_k // 2)
-        v["pf2_split/2"] = rule._replace(split_k=rule.split_k // 2, prefetch=2)
-    if rule.split_k < 32 and K // (rule.split_k * 2) >= rule.words_per_thread * 8 * 2: v["split*2"] = rule._replace(split_k=rule.split_k * 2)
+    "name -> DecodeConfig, each one change from the rule's (or from `side1`: its scales and zeros a step ahead)."
+    s1 = rule._replace(prefetch_side=1)
+    v = dict(rule=rule, side1=s1, side2=rule._replace(prefetch_side=2), side1_pf2=s1._replace(prefetch=2))
+    if rule.split_k > 1: v["side1_split/2"] = s1._replace(split_k=rule.split_k // 2)
+    if rule.split_k < 32 and K // (rule.split_k * 2) >= rule.words_per_thread * 8 * 2: v["side1_split*2"] = s1._replace(split_k=rule.split_k * 2)
     w2 = rule.words_per_thread * 2
-    if group % (w2 * 8) == 0 and K % (w2 * 8) == 0: v["wpi*2"] = rule._replace(words_per_thread=w2)
-    for f in (2, 4):   # wider programs (longer runs of each word row), as many of them through more splits
-        if rule.split_k * f <= 64 and K // (rule.split_k * f) >= rule.words_per_thread * 8:
-            v[f"bn*{f}_split*{f}"] = rule._replace(block_n=rule.block_n * f, split_k=rule.split_k * f)
-    if rule.warps < 4: v["bn*2_warps*2"] = rule._replace(block_n=rule.block_n * 2, warps=rule.warps * 2)
+    if group % (w2 * 8) == 0 and K % (w2 * 8) == 0: v["side1_wpi*2"] = s1._replace(words_per_thread=w2)
+    if rule.split_k * 2 <= 64 and K // (rule.split_k * 2) >= rule.words_per_thread * 8:
+        v["side1_bn*2_split*2"] = s1._replace(block_n=rule.block_n * 2, split_k=rule.split_k * 2)
     return v
 
 
-NAMES = ("rule", "pf2", "pf0", "reg64", "split/2", "pf2_split/2", "split*2", "wpi*2", "bn*2_warps*2", "bn*2_split*2", "bn*4_split*4")
+NAMES = ("rule", "side1", "side2", "side1_pf2", "side1_split/2", "side1_split*2", "side1_wpi*2", "side1_bn*2_split*2")
 
 
 def main():

@@ -159,10 +159,11 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
                       BITS: tl.constexpr, GROUP: tl.constexpr, ZOFF: tl.constexpr, HAS_BIAS: tl.constexpr,
                       SPLIT: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr, WPI: tl.constexpr,
                       PF: tl.constexpr, XBF16: tl.constexpr, ASM: tl.constexpr, RED: tl.constexpr, H2: tl.constexpr,
-                      PDL: tl.constexpr):
+                      PDL: tl.constexpr, PM: tl.constexpr):
     """CUDA-core decode: M ≤ MB ≤ 4 rows; K a multiple of the tile's WPI·32/BITS rows, which divide GROUP.
     H2 (4-bit, fp16): packed-half arithmetic (`_w4_dot`) instead of the fp32 mantissa trick.
     PF: tiles of words in flight ahead of the one in use (0, 1 or 2), held in registers.
+    PM (with PF): 1 loads the next step's scales and zeros a step ahead too, 2 also its activations (H2, one row).
     PDL (launched as a programmatic dependent of the previous kernel): the first tile of weights is read before waiting
     for that kernel; activations, sums and outputs only after."""
     pid_n = tl.program_id(0)
@@ -189,6 +190,10 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
         w_next2 = tl.load(w_ptrs + WPI * N, mask=n_mask[None, :] & (k_lo + ROWS < k_hi), other=0)
     if PDL:   # weights are constant while PDL is on (`settled_weights`); x and the split-K state are the last kernel's
         tl.extra.cuda.gdc_wait()
+    if PM:
+        zi_n, s_n = _group_zs(qz_ptr, s_ptr, k_lo // GROUP, offs_n, n_mask & (k_lo < k_hi), N, stride_z, BITS, ZOFF)
+        if PM >= 2 and H2 and MB == 1:
+            q0, q1, q2, q3 = _h2_pairs(x32 + k_lo // 2 + offs_r * (PER // 2), (0 < M) & (k_lo < k_hi), ASM)
     for k0 in range(k_lo, k_hi, ROWS):
         if PF >= 2:   # two tiles in flight while this one is used
             w = w_next
@@ -202,8 +207,12 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
         else:
             w = tl.load(w_ptrs, mask=n_mask[None, :], other=0)
             w_ptrs += WPI * N
-        grp = k0 // GROUP
-        zi, s = _group_zs(qz_ptr, s_ptr, grp, offs_n, n_mask, N, stride_z, BITS, ZOFF)
+        if PM:   # this step's group data arrived during the last step; the next step's is requested now
+            zi, s = zi_n, s_n
+            zi_n, s_n = _group_zs(qz_ptr, s_ptr, (k0 + ROWS) // GROUP, offs_n, n_mask & (k0 + ROWS < k_hi), N,
+                                  stride_z, BITS, ZOFF)
+        else:
+            zi, s = _group_zs(qz_ptr, s_ptr, k0 // GROUP, offs_n, n_mask, N, stride_z, BITS, ZOFF)
         z = zi.to(tl.float32)
         s = s.to(tl.float32)
         z2 = tl.zeros((WPI, BLOCK_N), dtype=tl.float32)
@@ -216,7 +225,11 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
         if H2:   # each row's 8 activations per word row as the pairs (x_j, x_j+4)/64 that codes j and j+4 meet
             zb = (zi + 1024).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
             zh = (zb | (zb << 16))[None, :]   # the half2 (1024 + z, 1024 + z)
-            p0, p1, p2, p3 = _h2_pairs(xw, 0 < M, ASM)
+            if PM >= 2 and MB == 1:
+                p0, p1, p2, p3 = q0, q1, q2, q3
+                q0, q1, q2, q3 = _h2_pairs(xw + ROWS // 2, (0 < M) & (k0 + ROWS < k_hi), ASM)
+            else:
+                p0, p1, p2, p3 = _h2_pairs(xw, 0 < M, ASM)
             if MB == 1:   # assigned, not added to the zeros: x + 0.0 is not folded away (IEEE -0), one FADD a word
                 ah0 = _w4_dot(w, zh, p0, p1, p2, p3, ASM)
             elif MB == 2:
@@ -275,6 +288,8 @@ class DecodeConfig(NamedTuple):
     packed_half: bool = True     # 4-bit fp16: half2 arithmetic (HFMA2) instead of the fp32 exponent trick
     atomic_reduce: bool = False  # split-K partials added in L2 as they arrive (fp32 atomics: order, so last bits, vary)
     max_registers: int = 0       # ptxas register cap a thread (0: its own choice); a cap buys occupancy, may spill
+    prefetch_side: int = 0       # with prefetch: 1 the next step's scales and zeros too, 2 also its activations (H2, 1 row)
+    stages: int = 1              # Triton's software pipelining of the K loop (copies through shared memory); 1: none
 
 def decode_ok(M:int, K:int, bits:int, has_gidx:bool, group_size:int, dtype, cfg:DecodeConfig) -> bool:
     "Can the decode kernel take this call: ≤ 4 rows, b ∈ {2, 4, 8}, no g_idx, steps that divide K and the group."
@@ -296,6 +311,7 @@ def decode_plan(M, K, N, bits, group_size, zoff, has_bias, dtype, cfg:DecodeConf
     consts = dict(BITS=bits, GROUP=_group(K, group_size), ZOFF=zoff, HAS_BIAS=has_bias, SPLIT=sk > 1, MB=mb,
                   BLOCK_N=cfg.block_n, WPI=cfg.words_per_thread, PF=int(cfg.prefetch), XBF16=dtype == torch.bfloat16,
                   ASM=not _interpret(), RED=0 if cfg.atomic_reduce and sk > 1 else max(1, min(8, 4096 // (mb * cfg.block_n))),
-                  H2=bool(cfg.packed_half) and bits == 4 and dtype == torch.float16, PDL=0)
+                  H2=bool(cfg.packed_half) and bits == 4 and dtype == torch.float16, PDL=0,
+                  PM=cfg.prefetch_side if cfg.prefetch > 0 else 0)
     if cfg.max_registers: consts["maxnreg"] = cfg.max_registers   # a compile option, passed with the constexprs
-    return Plan(_gptq_gemv_kernel, grid, consts, kps, sk, grid[0], cfg.warps, 1)
+    return Plan(_gptq_gemv_kernel, grid, consts, kps, sk, grid[0], cfg.warps, cfg.stages)
