@@ -6,10 +6,12 @@ ncu (session 9) read the m = 1 kernel as latency-bound (80 registers, one-warp p
 bandwidth on 7-8B layers). The first run of this script (commit 3872a69, results/2026-12-03_H200_decode_sweep_3872a69.json)
 found the rule faster than two tiles of words in flight, no prefetch, a 64-register cap (spills), half or twice the
 splits, twice the words a step and wider programs, on every family; and tile_read.py read the same tiles at 3.3 TB/s
-(7.5 us on 4096x12288 against the kernel's 11.9). What the kernel waits on each step besides its words: the group's
-scales and zeros and the activations, loaded in the step that uses them. Here, for every layer shape of six families
-(merged q/k/v and gate/up, as `generate` runs them) and each m: the rule, the same with scales and zeros loaded a
-step ahead (`prefetch_side=1`), also the activations (2), and one-change variants of the first.
+(7.5 us on 4096x12288 against the kernel's 11.9). A third run (509b7e2) found loading the next step's scales, zeros and activations a step ahead no faster either. The
+kernel is issue-bound: 459 SASS instructions a step of 16 words a thread (29 a word) in the loop at m = 1; 7718ccf's
+successor dequantizes to (q - z)/128 with 4 LOP3 + 1 shift + 4 HFMA2 per word and builds zero constants with integer
+ops (423 a step). Here, for every layer shape of six families (merged q/k/v and gate/up, as `generate` runs them)
+and each m: the rule, without prefetch, half / twice the splits, and `late_fold` (the tile's rows summed once at the
+end, 408 a step but 96 registers against 79).
 All inside `settled_weights` (PDL, as `generate` runs them), each checked against
 float64, graph-timed back to back (bench.graph_time) beside fp16 (faster of matmul / F.linear). Writes decode_sweep.json.
 """
@@ -23,19 +25,17 @@ from gptq_nb.kernels.gemv import DecodeConfig
 
 
 def variants(rule: DecodeConfig, K: int, group: int = 128):
-    "name -> DecodeConfig, each one change from the rule's (or from `side1`: its scales and zeros a step ahead)."
-    s1 = rule._replace(prefetch_side=1)
-    v = dict(rule=rule, side1=s1, side2=rule._replace(prefetch_side=2), side1_pf2=s1._replace(prefetch=2))
-    if rule.split_k > 1: v["side1_split/2"] = s1._replace(split_k=rule.split_k // 2)
-    if rule.split_k < 32 and K // (rule.split_k * 2) >= rule.words_per_thread * 8 * 2: v["side1_split*2"] = s1._replace(split_k=rule.split_k * 2)
-    w2 = rule.words_per_thread * 2
-    if group % (w2 * 8) == 0 and K % (w2 * 8) == 0: v["side1_wpi*2"] = s1._replace(words_per_thread=w2)
-    if rule.split_k * 2 <= 64 and K // (rule.split_k * 2) >= rule.words_per_thread * 8:
-        v["side1_bn*2_split*2"] = s1._replace(block_n=rule.block_n * 2, split_k=rule.split_k * 2)
+    "name -> DecodeConfig, each one change from the rule's (those that can't differ on this shape left out)."
+    v = dict(rule=rule, pf0=rule._replace(prefetch=0))
+    if rule.split_k > 1: v["split/2"] = rule._replace(split_k=rule.split_k // 2)
+    if rule.split_k < 32 and K // (rule.split_k * 2) >= rule.words_per_thread * 8 * 2: v["split*2"] = rule._replace(split_k=rule.split_k * 2)
+    late = rule._replace(late_fold=True)
+    v["late"] = late
+    if rule.split_k > 1: v["late_split/2"] = late._replace(split_k=rule.split_k // 2)
     return v
 
 
-NAMES = ("rule", "side1", "side2", "side1_pf2", "side1_split/2", "side1_split*2", "side1_wpi*2", "side1_bn*2_split*2")
+NAMES = ("rule", "pf0", "split/2", "split*2", "late", "late_split/2")
 
 
 def main():

@@ -55,22 +55,17 @@ def _gemv_tile(ah, al, sh, sl, s, z, BITS: tl.constexpr):
 
 @_jit
 def _x_h2(xa, xb, HI: tl.constexpr, ASM: tl.constexpr):
-    "From words xa = (x_i, x_i+1), xb = (x_i+4, x_i+5): the fp16 pair (x_i, x_i+4)/64 (HI: (x_i+1, x_i+5)/64) as bits."
-    if ASM:   # one PRMT and one HMUL2. The exact 1/64 bounds a partial sum by 4·15·|x|/64 < 65504: no fp16 overflow
+    "From words xa = (x_i, x_i+1), xb = (x_i+4, x_i+5): the fp16 pair (x_i, x_i+4) (HI: (x_i+1, x_i+5)) as bits."
+    if ASM:   # one PRMT
         if HI:
-            return tl.inline_asm_elementwise("{ .reg .b32 t, c; prmt.b32 t, $1, $2, 0x7632; mov.b32 c, 0x24002400; mul.rn.f16x2 $0, t, c; }",
-                                             "=r,r,r", [xa, xb], dtype=tl.int32, is_pure=True, pack=1)
+            return tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7632;", "=r,r,r", [xa, xb], dtype=tl.int32, is_pure=True, pack=1)
         else:
-            return tl.inline_asm_elementwise("{ .reg .b32 t, c; prmt.b32 t, $1, $2, 0x5410; mov.b32 c, 0x24002400; mul.rn.f16x2 $0, t, c; }",
-                                             "=r,r,r", [xa, xb], dtype=tl.int32, is_pure=True, pack=1)
+            return tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x5410;", "=r,r,r", [xa, xb], dtype=tl.int32, is_pure=True, pack=1)
     else:     # the same, in Triton ops (the CPU interpreter runs no PTX)
         if HI:
-            lo, hi = (xa >> 16) & 0xFFFF, (xb >> 16) & 0xFFFF
+            return ((xa >> 16) & 0xFFFF) | (xb & -65536)
         else:
-            lo, hi = xa & 0xFFFF, xb & 0xFFFF
-        lo = (lo.to(tl.int16).to(tl.float16, bitcast=True) * 0.015625).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-        hi = (hi.to(tl.int16).to(tl.float16, bitcast=True) * 0.015625).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-        return lo | (hi << 16)
+            return (xa & 0xFFFF) | (xb << 16)
 
 @_jit
 def _half(v, HI: tl.constexpr):
@@ -79,20 +74,21 @@ def _half(v, HI: tl.constexpr):
     return b.to(tl.int16).to(tl.float16, bitcast=True)
 
 def _w4_asm(rows:int) -> str:
-    """PTX for `_w4_dot` over `rows` rows: operands are the rows' fp32 sums, then the word, (1024 + z) as a half2 and 4
-    activation pairs per row. The 8 codes are dequantized once (shift, LOP3, HSUB2 per pair of codes); each row adds
-    4 HFMA2s and the fp16 → fp32 fold. The outputs are written last: an output may share a register with an input
-    (no early-clobber), so writing row 0's sum before row 1's pairs are read corrupted m = 2 on some compiles."""
-    w, zh = f"${rows}", f"${rows + 1}"
+    """PTX for `_w4_dot` over `rows` rows: operands are the rows' fp32 sums, then the word, the half2 constants
+    −(8 + z/128) and −(1/2 + z/128), and 4 activation pairs per row. The 8 codes are dequantized once to the exact
+    (q − z)/128 (one shift, four LOP3s, four HFMA2s); each row adds 4 HFMA2s and the fp16 → fp32 fold. The outputs
+    are written last: an output may share a register with an input (no early-clobber), so writing row 0's sum before
+    row 1's pairs are read corrupted m = 2 on some compiles."""
+    w, zl, zh = f"${rows}", f"${rows + 1}", f"${rows + 2}"
     acc = ", ".join(f"a{r}" for r in range(rows))
     res = ", ".join(f"o{r}" for r in range(rows))
-    lines = [f"{{ .reg .b32 t, q0, q1, q2, q3, {acc}; .reg .b16 l, h; .reg .f32 fl, fh, {res};"]
-    for j in range(4):
-        src = w if j == 0 else "t"
-        if j: lines.append(f"shr.u32 t, {w}, {4 * j};")
-        lines.append(f"lop3.b32 q{j}, {src}, 0x000F000F, 0x64006400, 0xEA; sub.rn.f16x2 q{j}, q{j}, {zh};")
+    lines = [f"{{ .reg .b32 t, c7, c11, q0, q1, q2, q3, {acc}; .reg .b16 l, h; .reg .f32 fl, fh, {res};",
+             "mov.b32 c7, 0x20002000; mov.b32 c11, 0x10001000; shr.u32 t, " + w + ", 8;"]   # 2^-7, 2^-11 in both halves
+    for j, (src, mask, c, z) in enumerate(((w, "0x000F000F", "c7", zl), (w, "0x00F000F0", "c11", zh),
+                                            ("t", "0x000F000F", "c7", zl), ("t", "0x00F000F0", "c11", zh))):
+        lines.append(f"lop3.b32 q{j}, {src}, {mask}, 0x64006400, 0xEA; fma.rn.f16x2 q{j}, q{j}, {c}, {z};")
     for r in range(rows):
-        p = [f"${rows + 2 + 4 * r + j}" for j in range(4)]
+        p = [f"${rows + 3 + 4 * r + j}" for j in range(4)]
         lines.append(f"mul.rn.f16x2 a{r}, q0, {p[0]}; fma.rn.f16x2 a{r}, q1, {p[1]}, a{r}; "
                      f"fma.rn.f16x2 a{r}, q2, {p[2]}, a{r}; fma.rn.f16x2 a{r}, q3, {p[3]}, a{r};")
         lines.append(f"mov.b32 {{l, h}}, a{r}; cvt.f32.f16 fl, l; cvt.f32.f16 fh, h; add.f32 o{r}, fl, fh;")
@@ -104,48 +100,53 @@ _W4_ASM2 = tl.constexpr(_w4_asm(2)) if triton is not None else None
 _W4_ASM4 = tl.constexpr(_w4_asm(4)) if triton is not None else None
 
 @_jit
-def _w4_dot(w, zh, p0, p1, p2, p3, ASM: tl.constexpr):
-    """One row: Σ over the 8 codes of 4-bit word w of (q − z)·x/64, in fp32. Codes j and j+4 come out together as the half2
-    (1024 + q) with one LOP3 (`(w >> 4j) & 0x000F000F | 0x64006400`), lose 1024 + z exactly (HADD2) and meet the
-    activation pair p_j = (x_j, x_j+4)/64 in HFMA2: 11 packed instructions for 8 weights, then 2 converts and an add."""
+def _w4_dot(w, zl, zh, p0, p1, p2, p3, ASM: tl.constexpr):
+    """One row: Σ over the 8 codes of 4-bit word w of (q − z)·x/128, in fp32. Codes j and j+4 come out together as a
+    half2 with one LOP3: `w & 0x000F000F | 0x64006400` is (1024 + q_0, 1024 + q_4), `w & 0x00F000F0 | 0x64006400` is
+    (1024 + 16·q_1, 1024 + 16·q_5) (no shift), the same on w >> 8 for codes 2, 6 and 3, 7; one HFMA2 each with 2^-7 and
+    −(8 + z/128), or 2^-11 and −(1/2 + z/128), makes the exact (q − z)/128, which meets the activation pair
+    p_j = (x_j, x_j+4) in HFMA2: 13 instructions for 8 weights, then 2 converts and an add."""
     if ASM:
-        return tl.inline_asm_elementwise(_W4_ASM1, "=r,r,r,r,r,r,r", [w, zh, p0, p1, p2, p3], dtype=tl.float32,
+        return tl.inline_asm_elementwise(_W4_ASM1, "=r,r,r,r,r,r,r,r", [w, zl, zh, p0, p1, p2, p3], dtype=tl.float32,
                                          is_pure=True, pack=1)
     else:
-        z = _half(zh, False).to(tl.float32) - 1024.0
         acc_l = tl.zeros(w.shape, dtype=tl.float16)
         acc_h = tl.zeros(w.shape, dtype=tl.float16)
-        for j in tl.static_range(4):
+        for j in tl.static_range(4):   # the PTX's steps, each lane from its own half of the constants
             p = p0 if j == 0 else (p1 if j == 1 else (p2 if j == 2 else p3))
-            ql = ((w >> (4 * j)) & 15).to(tl.float32) - z
-            qh = ((w >> (4 * j + 16)) & 15).to(tl.float32) - z
-            acc_l = (acc_l + ql.to(tl.float16) * _half(p, False)).to(tl.float16)
-            acc_h = (acc_h + qh.to(tl.float16) * _half(p, True)).to(tl.float16)
+            c = zl if j % 2 == 0 else zh
+            f = 0.0078125 if j % 2 == 0 else 0.00048828125   # 2^-7 on 1024 + q, 2^-11 on 1024 + 16·q
+            src = w if j < 2 else (w >> 8)
+            ml, mh = (src & 15, (src >> 16) & 15) if j % 2 == 0 else (src & 240, (src >> 16) & 240)
+            ql = ((1024 + ml).to(tl.float32) * f + _half(c, False).to(tl.float32)).to(tl.float16)   # exact in fp16
+            qh = ((1024 + mh).to(tl.float32) * f + _half(c, True).to(tl.float32)).to(tl.float16)
+            acc_l = (acc_l + ql * _half(p, False)).to(tl.float16)
+            acc_h = (acc_h + qh * _half(p, True)).to(tl.float16)
         return acc_l.to(tl.float32) + acc_h.to(tl.float32)
 
 @_jit
-def _w4_dot2(w, zh, p0, p1, p2, p3, r0, r1, r2, r3, ASM: tl.constexpr):
+def _w4_dot2(w, zl, zh, p0, p1, p2, p3, r0, r1, r2, r3, ASM: tl.constexpr):
     "Two rows (pairs p, r) against one dequantization of the word's 8 codes."
     if ASM:
-        return tl.inline_asm_elementwise(_W4_ASM2, "=r,=r" + ",r" * 10, [w, zh, p0, p1, p2, p3, r0, r1, r2, r3],
+        return tl.inline_asm_elementwise(_W4_ASM2, "=r,=r" + ",r" * 11, [w, zl, zh, p0, p1, p2, p3, r0, r1, r2, r3],
                                          dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
     else:
-        return _w4_dot(w, zh, p0, p1, p2, p3, ASM), _w4_dot(w, zh, r0, r1, r2, r3, ASM)
+        return _w4_dot(w, zl, zh, p0, p1, p2, p3, ASM), _w4_dot(w, zl, zh, r0, r1, r2, r3, ASM)
 
 @_jit
-def _w4_dot4(w, zh, p0, p1, p2, p3, r0, r1, r2, r3, u0, u1, u2, u3, v0, v1, v2, v3, ASM: tl.constexpr):
+def _w4_dot4(w, zl, zh, p0, p1, p2, p3, r0, r1, r2, r3, u0, u1, u2, u3, v0, v1, v2, v3, ASM: tl.constexpr):
     "Four rows (pairs p, r, u, v) against one dequantization of the word's 8 codes."
     if ASM:
-        return tl.inline_asm_elementwise(_W4_ASM4, "=r,=r,=r,=r" + ",r" * 18,
-                                         [w, zh, p0, p1, p2, p3, r0, r1, r2, r3, u0, u1, u2, u3, v0, v1, v2, v3],
+        return tl.inline_asm_elementwise(_W4_ASM4, "=r,=r,=r,=r" + ",r" * 19,
+                                         [w, zl, zh, p0, p1, p2, p3, r0, r1, r2, r3, u0, u1, u2, u3, v0, v1, v2, v3],
                                          dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=True, pack=1)
     else:
-        return (_w4_dot(w, zh, p0, p1, p2, p3, ASM), _w4_dot(w, zh, r0, r1, r2, r3, ASM),
-                _w4_dot(w, zh, u0, u1, u2, u3, ASM), _w4_dot(w, zh, v0, v1, v2, v3, ASM))
+        return (_w4_dot(w, zl, zh, p0, p1, p2, p3, ASM), _w4_dot(w, zl, zh, r0, r1, r2, r3, ASM),
+                _w4_dot(w, zl, zh, u0, u1, u2, u3, ASM), _w4_dot(w, zl, zh, v0, v1, v2, v3, ASM))
 
 @_jit
 def _h2_pairs(xw, ok, ASM: tl.constexpr):
-    "One row's activation pairs for a word row [WPI]: (x_j, x_j+4)/64 for j = 0..3, as [WPI, 1] half2 bits (0 if not ok)."
+    "One row's activation pairs for a word row [WPI]: (x_j, x_j+4) for j = 0..3, as [WPI, 1] half2 bits (0 if not ok)."
     xa = tl.load(xw, mask=ok, other=0)
     xb = tl.load(xw + 1, mask=ok, other=0)
     xc = tl.load(xw + 2, mask=ok, other=0)
@@ -159,11 +160,12 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
                       BITS: tl.constexpr, GROUP: tl.constexpr, ZOFF: tl.constexpr, HAS_BIAS: tl.constexpr,
                       SPLIT: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr, WPI: tl.constexpr,
                       PF: tl.constexpr, XBF16: tl.constexpr, ASM: tl.constexpr, RED: tl.constexpr, H2: tl.constexpr,
-                      PDL: tl.constexpr, PM: tl.constexpr):
+                      PDL: tl.constexpr, LATE: tl.constexpr):
     """CUDA-core decode: M ≤ MB ≤ 4 rows; K a multiple of the tile's WPI·32/BITS rows, which divide GROUP.
     H2 (4-bit, fp16): packed-half arithmetic (`_w4_dot`) instead of the fp32 mantissa trick.
     PF: tiles of words in flight ahead of the one in use (0, 1 or 2), held in registers.
-    PM (with PF): 1 loads the next step's scales and zeros a step ahead too, 2 also its activations (H2, one row).
+    LATE (H2, one row): each step's products, scaled, are added into a [WPI, BLOCK_N] fp32 tile summed over its rows
+    once at the end, instead of a row sum (shuffles, a layout change) every step.
     PDL (launched as a programmatic dependent of the previous kernel): the first tile of weights is read before waiting
     for that kernel; activations, sums and outputs only after."""
     pid_n = tl.program_id(0)
@@ -181,6 +183,8 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
     y1 = tl.zeros((BLOCK_N,), dtype=tl.float32)
     y2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
     y3 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    if LATE:
+        acc = tl.zeros((WPI, BLOCK_N), dtype=tl.float32)
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, K)
     w_ptrs = qw_ptr + (k_lo // PER + offs_r)[:, None] * N + offs_n[None, :]
@@ -190,10 +194,6 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
         w_next2 = tl.load(w_ptrs + WPI * N, mask=n_mask[None, :] & (k_lo + ROWS < k_hi), other=0)
     if PDL:   # weights are constant while PDL is on (`settled_weights`); x and the split-K state are the last kernel's
         tl.extra.cuda.gdc_wait()
-    if PM:
-        zi_n, s_n = _group_zs(qz_ptr, s_ptr, k_lo // GROUP, offs_n, n_mask & (k_lo < k_hi), N, stride_z, BITS, ZOFF)
-        if PM >= 2 and H2 and MB == 1:
-            q0, q1, q2, q3 = _h2_pairs(x32 + k_lo // 2 + offs_r * (PER // 2), (0 < M) & (k_lo < k_hi), ASM)
     for k0 in range(k_lo, k_hi, ROWS):
         if PF >= 2:   # two tiles in flight while this one is used
             w = w_next
@@ -207,12 +207,7 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
         else:
             w = tl.load(w_ptrs, mask=n_mask[None, :], other=0)
             w_ptrs += WPI * N
-        if PM:   # this step's group data arrived during the last step; the next step's is requested now
-            zi, s = zi_n, s_n
-            zi_n, s_n = _group_zs(qz_ptr, s_ptr, (k0 + ROWS) // GROUP, offs_n, n_mask & (k0 + ROWS < k_hi), N,
-                                  stride_z, BITS, ZOFF)
-        else:
-            zi, s = _group_zs(qz_ptr, s_ptr, k0 // GROUP, offs_n, n_mask, N, stride_z, BITS, ZOFF)
+        zi, s = _group_zs(qz_ptr, s_ptr, k0 // GROUP, offs_n, n_mask, N, stride_z, BITS, ZOFF)
         z = zi.to(tl.float32)
         s = s.to(tl.float32)
         z2 = tl.zeros((WPI, BLOCK_N), dtype=tl.float32)
@@ -223,23 +218,20 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
         ah3, al3, sh3, sl3 = z2, z2, z1, z1
         xw = x32 + k0 // 2 + offs_r * (PER // 2)
         if H2:   # each row's 8 activations per word row as the pairs (x_j, x_j+4)/64 that codes j and j+4 meet
-            zb = (zi + 1024).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-            zh = (zb | (zb << 16))[None, :]   # the half2 (1024 + z, 1024 + z)
-            if PM >= 2 and MB == 1:
-                p0, p1, p2, p3 = q0, q1, q2, q3
-                q0, q1, q2, q3 = _h2_pairs(xw + ROWS // 2, (0 < M) & (k0 + ROWS < k_hi), ASM)
-            else:
-                p0, p1, p2, p3 = _h2_pairs(xw, 0 < M, ASM)
+            # the half2 constants −(8 + z/128) and −(1/2 + z/128): fp16 bits 0xC800 + z and 0xB800 + 16·z (0 ≤ z ≤ 16)
+            zl = (zi * 0x10001 | -939472896)[None, :]   # 0xC800C800
+            zh = (zi * 0x100010 | -1207912448)[None, :]   # 0xB800B800
+            p0, p1, p2, p3 = _h2_pairs(xw, 0 < M, ASM)
             if MB == 1:   # assigned, not added to the zeros: x + 0.0 is not folded away (IEEE -0), one FADD a word
-                ah0 = _w4_dot(w, zh, p0, p1, p2, p3, ASM)
+                ah0 = _w4_dot(w, zl, zh, p0, p1, p2, p3, ASM)
             elif MB == 2:
                 r0, r1, r2, r3 = _h2_pairs(xw + xs, 1 < M, ASM)
-                ah0, ah1 = _w4_dot2(w, zh, p0, p1, p2, p3, r0, r1, r2, r3, ASM)
+                ah0, ah1 = _w4_dot2(w, zl, zh, p0, p1, p2, p3, r0, r1, r2, r3, ASM)
             else:
                 r0, r1, r2, r3 = _h2_pairs(xw + xs, 1 < M, ASM)
                 u0, u1, u2, u3 = _h2_pairs(xw + 2 * xs, 2 < M, ASM)
                 v0, v1, v2, v3 = _h2_pairs(xw + 3 * xs, 3 < M, ASM)
-                ah0, ah1, ah2, ah3 = _w4_dot4(w, zh, p0, p1, p2, p3, r0, r1, r2, r3, u0, u1, u2, u3, v0, v1, v2, v3, ASM)
+                ah0, ah1, ah2, ah3 = _w4_dot4(w, zl, zh, p0, p1, p2, p3, r0, r1, r2, r3, u0, u1, u2, u3, v0, v1, v2, v3, ASM)
         for i in tl.static_range(0 if H2 else PER // 2):   # codes 2i and 2i+1 of every word: one shift, two LOP3s
             SH = 23 - 2 * BITS * (i + 1)
             if SH >= 0:
@@ -254,13 +246,15 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
             if MB > 2:
                 ah2, al2, sh2, sl2 = _gemv_row(xw + 2 * xs + i, 2 < M, fh, fl, ah2, al2, sh2, sl2, XBF16, ASM)
                 ah3, al3, sh3, sl3 = _gemv_row(xw + 3 * xs + i, 3 < M, fh, fl, ah3, al3, sh3, sl3, XBF16, ASM)
-        if H2:
-            y0 += (64.0 * s) * tl.sum(ah0, axis=0)
+        if H2 and LATE:
+            acc += ah0 * (128.0 * s)[None, :]
+        elif H2:
+            y0 += (128.0 * s) * tl.sum(ah0, axis=0)
             if MB > 1:
-                y1 += (64.0 * s) * tl.sum(ah1, axis=0)
+                y1 += (128.0 * s) * tl.sum(ah1, axis=0)
             if MB > 2:
-                y2 += (64.0 * s) * tl.sum(ah2, axis=0)
-                y3 += (64.0 * s) * tl.sum(ah3, axis=0)
+                y2 += (128.0 * s) * tl.sum(ah2, axis=0)
+                y3 += (128.0 * s) * tl.sum(ah3, axis=0)
         else:
             y0 += _gemv_tile(ah0, al0, sh0, sl0, s, z, BITS)
             if MB > 1:
@@ -268,6 +262,8 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
             if MB > 2:
                 y2 += _gemv_tile(ah2, al2, sh2, sl2, s, z, BITS)
                 y3 += _gemv_tile(ah3, al3, sh3, sl3, s, z, BITS)
+    if LATE:
+        y0 = tl.sum(acc, axis=0)
     if PDL:   # the next kernel may start its own prologue while these programs sum and store
         tl.extra.cuda.gdc_launch_dependents()
     offs_m = tl.arange(0, MB)
@@ -288,8 +284,7 @@ class DecodeConfig(NamedTuple):
     packed_half: bool = True     # 4-bit fp16: half2 arithmetic (HFMA2) instead of the fp32 exponent trick
     atomic_reduce: bool = False  # split-K partials added in L2 as they arrive (fp32 atomics: order, so last bits, vary)
     max_registers: int = 0       # ptxas register cap a thread (0: its own choice); a cap buys occupancy, may spill
-    prefetch_side: int = 0       # with prefetch: 1 the next step's scales and zeros too, 2 also its activations (H2, 1 row)
-    stages: int = 1              # Triton's software pipelining of the K loop (copies through shared memory); 1: none
+    late_fold: bool = False      # one row, packed-half: sum the rows of the tile once at the end, not every step
 
 def decode_ok(M:int, K:int, bits:int, has_gidx:bool, group_size:int, dtype, cfg:DecodeConfig) -> bool:
     "Can the decode kernel take this call: ≤ 4 rows, b ∈ {2, 4, 8}, no g_idx, steps that divide K and the group."
@@ -311,7 +306,7 @@ def decode_plan(M, K, N, bits, group_size, zoff, has_bias, dtype, cfg:DecodeConf
     consts = dict(BITS=bits, GROUP=_group(K, group_size), ZOFF=zoff, HAS_BIAS=has_bias, SPLIT=sk > 1, MB=mb,
                   BLOCK_N=cfg.block_n, WPI=cfg.words_per_thread, PF=int(cfg.prefetch), XBF16=dtype == torch.bfloat16,
                   ASM=not _interpret(), RED=0 if cfg.atomic_reduce and sk > 1 else max(1, min(8, 4096 // (mb * cfg.block_n))),
-                  H2=bool(cfg.packed_half) and bits == 4 and dtype == torch.float16, PDL=0,
-                  PM=cfg.prefetch_side if cfg.prefetch > 0 else 0)
+                  H2=bool(cfg.packed_half) and bits == 4 and dtype == torch.float16, PDL=0)
+    consts["LATE"] = int(bool(cfg.late_fold) and mb == 1 and consts["H2"])
     if cfg.max_registers: consts["maxnreg"] = cfg.max_registers   # a compile option, passed with the constexprs
-    return Plan(_gptq_gemv_kernel, grid, consts, kps, sk, grid[0], cfg.warps, cfg.stages)
+    return Plan(_gptq_gemv_kernel, grid, consts, kps, sk, grid[0], cfg.warps, 1)
