@@ -392,6 +392,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'gptq_nb.kernels.gemm.settled_weights': ( 'kernel_dispatch.html#settled_weights',
                                                                                 'gptq_nb/kernels/gemm.py')},
             'gptq_nb.kernels.gemv': { 'gptq_nb.kernels.gemv.DecodeConfig': ('kernel_decode.html#decodeconfig', 'gptq_nb/kernels/gemv.py'),
+                                      'gptq_nb.kernels.gemv._c16': ('kernel_decode.html#_c16', 'gptq_nb/kernels/gemv.py'),
                                       'gptq_nb.kernels.gemv._code_f32': ('kernel_decode.html#_code_f32', 'gptq_nb/kernels/gemv.py'),
                                       'gptq_nb.kernels.gemv._gemv_row': ('kernel_decode.html#_gemv_row', 'gptq_nb/kernels/gemv.py'),
                                       'gptq_nb.kernels.gemv._gemv_tile': ('kernel_decode.html#_gemv_tile', 'gptq_nb/kernels/gemv.py'),

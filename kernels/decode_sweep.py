@@ -10,8 +10,9 @@ splits, twice the words a step and wider programs, on every family; and tile_rea
 kernel is issue-bound: 459 SASS instructions a step of 16 words a thread (29 a word) in the loop at m = 1; 7718ccf's
 successor dequantizes to (q - z)/128 with 4 LOP3 + 1 shift + 4 HFMA2 per word and builds zero constants with integer
 ops (423 a step). Here, for every layer shape of six families (merged q/k/v and gate/up, as `generate` runs them)
-and each m: the rule, without prefetch, half / twice the splits, and `late_fold` (the tile's rows summed once at the
-end, 408 a step but 96 registers against 79).
+and each m: the rule, without prefetch, and half / twice the splits (1def9df also timed `late_fold`, the tile's rows
+summed once at the end: 408 a step but 96 registers against 79, slower on every family, removed; then masked-off
+lanes lost their zeroing, 79 -> 72 registers).
 All inside `settled_weights` (PDL, as `generate` runs them), each checked against
 float64, graph-timed back to back (bench.graph_time) beside fp16 (faster of matmul / F.linear). Writes decode_sweep.json.
 """
@@ -29,13 +30,10 @@ def variants(rule: DecodeConfig, K: int, group: int = 128):
     v = dict(rule=rule, pf0=rule._replace(prefetch=0))
     if rule.split_k > 1: v["split/2"] = rule._replace(split_k=rule.split_k // 2)
     if rule.split_k < 32 and K // (rule.split_k * 2) >= rule.words_per_thread * 8 * 2: v["split*2"] = rule._replace(split_k=rule.split_k * 2)
-    late = rule._replace(late_fold=True)
-    v["late"] = late
-    if rule.split_k > 1: v["late_split/2"] = late._replace(split_k=rule.split_k // 2)
     return v
 
 
-NAMES = ("rule", "pf0", "split/2", "split*2", "late", "late_split/2")
+NAMES = ("rule", "pf0", "split/2", "split*2")
 
 
 def main():

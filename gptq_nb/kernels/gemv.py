@@ -80,15 +80,15 @@ def _w4_asm(rows:int) -> str:
     are written last: an output may share a register with an input (no early-clobber), so writing row 0's sum before
     row 1's pairs are read corrupted m = 2 on some compiles."""
     w, zl, zh = f"${rows}", f"${rows + 1}", f"${rows + 2}"
+    c7, c11 = f"${rows + 3}", f"${rows + 4}"   # 2^-7 and 2^-11 in both halves, registers set once outside the loop
     acc = ", ".join(f"a{r}" for r in range(rows))
     res = ", ".join(f"o{r}" for r in range(rows))
-    lines = [f"{{ .reg .b32 t, c7, c11, q0, q1, q2, q3, {acc}; .reg .b16 l, h; .reg .f32 fl, fh, {res};",
-             "mov.b32 c7, 0x20002000; mov.b32 c11, 0x10001000; shr.u32 t, " + w + ", 8;"]   # 2^-7, 2^-11 in both halves
-    for j, (src, mask, c, z) in enumerate(((w, "0x000F000F", "c7", zl), (w, "0x00F000F0", "c11", zh),
-                                            ("t", "0x000F000F", "c7", zl), ("t", "0x00F000F0", "c11", zh))):
+    lines = [f"{{ .reg .b32 t, q0, q1, q2, q3, {acc}; .reg .b16 l, h; .reg .f32 fl, fh, {res};", f"shr.u32 t, {w}, 8;"]
+    for j, (src, mask, c, z) in enumerate(((w, "0x000F000F", c7, zl), (w, "0x00F000F0", c11, zh),
+                                            ("t", "0x000F000F", c7, zl), ("t", "0x00F000F0", c11, zh))):
         lines.append(f"lop3.b32 q{j}, {src}, {mask}, 0x64006400, 0xEA; fma.rn.f16x2 q{j}, q{j}, {c}, {z};")
     for r in range(rows):
-        p = [f"${rows + 3 + 4 * r + j}" for j in range(4)]
+        p = [f"${rows + 5 + 4 * r + j}" for j in range(4)]
         lines.append(f"mul.rn.f16x2 a{r}, q0, {p[0]}; fma.rn.f16x2 a{r}, q1, {p[1]}, a{r}; "
                      f"fma.rn.f16x2 a{r}, q2, {p[2]}, a{r}; fma.rn.f16x2 a{r}, q3, {p[3]}, a{r};")
         lines.append(f"mov.b32 {{l, h}}, a{r}; cvt.f32.f16 fl, l; cvt.f32.f16 fh, h; add.f32 o{r}, fl, fh;")
@@ -100,6 +100,11 @@ _W4_ASM2 = tl.constexpr(_w4_asm(2)) if triton is not None else None
 _W4_ASM4 = tl.constexpr(_w4_asm(4)) if triton is not None else None
 
 @_jit
+def _c16(like, bits: tl.constexpr):
+    "A half2 constant (its 32 bits) shaped like `like`, as an operand for the packed-half PTX."
+    return tl.full(like.shape, bits, tl.int32)
+
+@_jit
 def _w4_dot(w, zl, zh, p0, p1, p2, p3, ASM: tl.constexpr):
     """One row: Σ over the 8 codes of 4-bit word w of (q − z)·x/128, in fp32. Codes j and j+4 come out together as a
     half2 with one LOP3: `w & 0x000F000F | 0x64006400` is (1024 + q_0, 1024 + q_4), `w & 0x00F000F0 | 0x64006400` is
@@ -107,8 +112,8 @@ def _w4_dot(w, zl, zh, p0, p1, p2, p3, ASM: tl.constexpr):
     −(8 + z/128), or 2^-11 and −(1/2 + z/128), makes the exact (q − z)/128, which meets the activation pair
     p_j = (x_j, x_j+4) in HFMA2: 13 instructions for 8 weights, then 2 converts and an add."""
     if ASM:
-        return tl.inline_asm_elementwise(_W4_ASM1, "=r,r,r,r,r,r,r,r", [w, zl, zh, p0, p1, p2, p3], dtype=tl.float32,
-                                         is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(_W4_ASM1, "=r" + ",r" * 9, [w, zl, zh, _c16(w, 0x20002000), _c16(w, 0x10001000),
+                                         p0, p1, p2, p3], dtype=tl.float32, is_pure=True, pack=1)
     else:
         acc_l = tl.zeros(w.shape, dtype=tl.float16)
         acc_h = tl.zeros(w.shape, dtype=tl.float16)
@@ -128,7 +133,8 @@ def _w4_dot(w, zl, zh, p0, p1, p2, p3, ASM: tl.constexpr):
 def _w4_dot2(w, zl, zh, p0, p1, p2, p3, r0, r1, r2, r3, ASM: tl.constexpr):
     "Two rows (pairs p, r) against one dequantization of the word's 8 codes."
     if ASM:
-        return tl.inline_asm_elementwise(_W4_ASM2, "=r,=r" + ",r" * 11, [w, zl, zh, p0, p1, p2, p3, r0, r1, r2, r3],
+        return tl.inline_asm_elementwise(_W4_ASM2, "=r,=r" + ",r" * 13, [w, zl, zh, _c16(w, 0x20002000), _c16(w, 0x10001000),
+                                                                        p0, p1, p2, p3, r0, r1, r2, r3],
                                          dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
     else:
         return _w4_dot(w, zl, zh, p0, p1, p2, p3, ASM), _w4_dot(w, zl, zh, r0, r1, r2, r3, ASM)
@@ -137,8 +143,9 @@ def _w4_dot2(w, zl, zh, p0, p1, p2, p3, r0, r1, r2, r3, ASM: tl.constexpr):
 def _w4_dot4(w, zl, zh, p0, p1, p2, p3, r0, r1, r2, r3, u0, u1, u2, u3, v0, v1, v2, v3, ASM: tl.constexpr):
     "Four rows (pairs p, r, u, v) against one dequantization of the word's 8 codes."
     if ASM:
-        return tl.inline_asm_elementwise(_W4_ASM4, "=r,=r,=r,=r" + ",r" * 19,
-                                         [w, zl, zh, p0, p1, p2, p3, r0, r1, r2, r3, u0, u1, u2, u3, v0, v1, v2, v3],
+        return tl.inline_asm_elementwise(_W4_ASM4, "=r,=r,=r,=r" + ",r" * 21,
+                                         [w, zl, zh, _c16(w, 0x20002000), _c16(w, 0x10001000),
+                                          p0, p1, p2, p3, r0, r1, r2, r3, u0, u1, u2, u3, v0, v1, v2, v3],
                                          dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=True, pack=1)
     else:
         return (_w4_dot(w, zl, zh, p0, p1, p2, p3, ASM), _w4_dot(w, zl, zh, r0, r1, r2, r3, ASM),
@@ -146,11 +153,12 @@ def _w4_dot4(w, zl, zh, p0, p1, p2, p3, r0, r1, r2, r3, u0, u1, u2, u3, v0, v1, 
 
 @_jit
 def _h2_pairs(xw, ok, ASM: tl.constexpr):
-    "One row's activation pairs for a word row [WPI]: (x_j, x_j+4) for j = 0..3, as [WPI, 1] half2 bits (0 if not ok)."
-    xa = tl.load(xw, mask=ok, other=0)
-    xb = tl.load(xw + 1, mask=ok, other=0)
-    xc = tl.load(xw + 2, mask=ok, other=0)
-    xd = tl.load(xw + 3, mask=ok, other=0)
+    "One row's activation pairs for a word row [WPI]: (x_j, x_j+4) for j = 0..3, as [WPI, 1] half2 bits (garbage if not ok)."
+    if ok is None:   # row 0, which always exists
+        xa, xb, xc, xd = tl.load(xw), tl.load(xw + 1), tl.load(xw + 2), tl.load(xw + 3)
+    else:            # a missing row's sums are never stored, so its lanes need no value
+        xa, xb = tl.load(xw, mask=ok), tl.load(xw + 1, mask=ok)
+        xc, xd = tl.load(xw + 2, mask=ok), tl.load(xw + 3, mask=ok)
     return (_x_h2(xa, xc, False, ASM)[:, None], _x_h2(xa, xc, True, ASM)[:, None],
             _x_h2(xb, xd, False, ASM)[:, None], _x_h2(xb, xd, True, ASM)[:, None])
 
@@ -160,12 +168,10 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
                       BITS: tl.constexpr, GROUP: tl.constexpr, ZOFF: tl.constexpr, HAS_BIAS: tl.constexpr,
                       SPLIT: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr, WPI: tl.constexpr,
                       PF: tl.constexpr, XBF16: tl.constexpr, ASM: tl.constexpr, RED: tl.constexpr, H2: tl.constexpr,
-                      PDL: tl.constexpr, LATE: tl.constexpr):
+                      PDL: tl.constexpr):
     """CUDA-core decode: M ≤ MB ≤ 4 rows; K a multiple of the tile's WPI·32/BITS rows, which divide GROUP.
     H2 (4-bit, fp16): packed-half arithmetic (`_w4_dot`) instead of the fp32 mantissa trick.
     PF: tiles of words in flight ahead of the one in use (0, 1 or 2), held in registers.
-    LATE (H2, one row): each step's products, scaled, are added into a [WPI, BLOCK_N] fp32 tile summed over its rows
-    once at the end, instead of a row sum (shuffles, a layout change) every step.
     PDL (launched as a programmatic dependent of the previous kernel): the first tile of weights is read before waiting
     for that kernel; activations, sums and outputs only after."""
     pid_n = tl.program_id(0)
@@ -183,15 +189,13 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
     y1 = tl.zeros((BLOCK_N,), dtype=tl.float32)
     y2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
     y3 = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    if LATE:
-        acc = tl.zeros((WPI, BLOCK_N), dtype=tl.float32)
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, K)
     w_ptrs = qw_ptr + (k_lo // PER + offs_r)[:, None] * N + offs_n[None, :]
     if PF >= 1:
-        w_next = tl.load(w_ptrs, mask=n_mask[None, :] & (k_lo < k_hi), other=0)
+        w_next = tl.load(w_ptrs, mask=n_mask[None, :] & (k_lo < k_hi))
     if PF >= 2:
-        w_next2 = tl.load(w_ptrs + WPI * N, mask=n_mask[None, :] & (k_lo + ROWS < k_hi), other=0)
+        w_next2 = tl.load(w_ptrs + WPI * N, mask=n_mask[None, :] & (k_lo + ROWS < k_hi))
     if PDL:   # weights are constant while PDL is on (`settled_weights`); x and the split-K state are the last kernel's
         tl.extra.cuda.gdc_wait()
     for k0 in range(k_lo, k_hi, ROWS):
@@ -199,13 +203,13 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
             w = w_next
             w_next = w_next2
             w_ptrs += WPI * N
-            w_next2 = tl.load(w_ptrs + WPI * N, mask=n_mask[None, :] & (k0 + 2 * ROWS < k_hi), other=0)
+            w_next2 = tl.load(w_ptrs + WPI * N, mask=n_mask[None, :] & (k0 + 2 * ROWS < k_hi))
         elif PF == 1:   # double-buffered in registers: the next tile's words are in flight while this one is used
             w = w_next
             w_ptrs += WPI * N
-            w_next = tl.load(w_ptrs, mask=n_mask[None, :] & (k0 + ROWS < k_hi), other=0)
-        else:
-            w = tl.load(w_ptrs, mask=n_mask[None, :], other=0)
+            w_next = tl.load(w_ptrs, mask=n_mask[None, :] & (k0 + ROWS < k_hi))
+        else:   # masked-off lanes (columns past N, a tile past the split) are never used: no `other`, no zeroing
+            w = tl.load(w_ptrs, mask=n_mask[None, :])
             w_ptrs += WPI * N
         zi, s = _group_zs(qz_ptr, s_ptr, k0 // GROUP, offs_n, n_mask, N, stride_z, BITS, ZOFF)
         z = zi.to(tl.float32)
@@ -221,7 +225,7 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
             # the half2 constants −(8 + z/128) and −(1/2 + z/128): fp16 bits 0xC800 + z and 0xB800 + 16·z (0 ≤ z ≤ 16)
             zl = (zi * 0x10001 | -939472896)[None, :]   # 0xC800C800
             zh = (zi * 0x100010 | -1207912448)[None, :]   # 0xB800B800
-            p0, p1, p2, p3 = _h2_pairs(xw, 0 < M, ASM)
+            p0, p1, p2, p3 = _h2_pairs(xw, None, ASM)
             if MB == 1:   # assigned, not added to the zeros: x + 0.0 is not folded away (IEEE -0), one FADD a word
                 ah0 = _w4_dot(w, zl, zh, p0, p1, p2, p3, ASM)
             elif MB == 2:
@@ -246,9 +250,7 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
             if MB > 2:
                 ah2, al2, sh2, sl2 = _gemv_row(xw + 2 * xs + i, 2 < M, fh, fl, ah2, al2, sh2, sl2, XBF16, ASM)
                 ah3, al3, sh3, sl3 = _gemv_row(xw + 3 * xs + i, 3 < M, fh, fl, ah3, al3, sh3, sl3, XBF16, ASM)
-        if H2 and LATE:
-            acc += ah0 * (128.0 * s)[None, :]
-        elif H2:
+        if H2:
             y0 += (128.0 * s) * tl.sum(ah0, axis=0)
             if MB > 1:
                 y1 += (128.0 * s) * tl.sum(ah1, axis=0)
@@ -262,8 +264,6 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
             if MB > 2:
                 y2 += _gemv_tile(ah2, al2, sh2, sl2, s, z, BITS)
                 y3 += _gemv_tile(ah3, al3, sh3, sl3, s, z, BITS)
-    if LATE:
-        y0 = tl.sum(acc, axis=0)
     if PDL:   # the next kernel may start its own prologue while these programs sum and store
         tl.extra.cuda.gdc_launch_dependents()
     offs_m = tl.arange(0, MB)
@@ -284,7 +284,6 @@ class DecodeConfig(NamedTuple):
     packed_half: bool = True     # 4-bit fp16: half2 arithmetic (HFMA2) instead of the fp32 exponent trick
     atomic_reduce: bool = False  # split-K partials added in L2 as they arrive (fp32 atomics: order, so last bits, vary)
     max_registers: int = 0       # ptxas register cap a thread (0: its own choice); a cap buys occupancy, may spill
-    late_fold: bool = False      # one row, packed-half: sum the rows of the tile once at the end, not every step
 
 def decode_ok(M:int, K:int, bits:int, has_gidx:bool, group_size:int, dtype, cfg:DecodeConfig) -> bool:
     "Can the decode kernel take this call: ≤ 4 rows, b ∈ {2, 4, 8}, no g_idx, steps that divide K and the group."
@@ -307,6 +306,5 @@ def decode_plan(M, K, N, bits, group_size, zoff, has_bias, dtype, cfg:DecodeConf
                   BLOCK_N=cfg.block_n, WPI=cfg.words_per_thread, PF=int(cfg.prefetch), XBF16=dtype == torch.bfloat16,
                   ASM=not _interpret(), RED=0 if cfg.atomic_reduce and sk > 1 else max(1, min(8, 4096 // (mb * cfg.block_n))),
                   H2=bool(cfg.packed_half) and bits == 4 and dtype == torch.float16, PDL=0)
-    consts["LATE"] = int(bool(cfg.late_fold) and mb == 1 and consts["H2"])
     if cfg.max_registers: consts["maxnreg"] = cfg.max_registers   # a compile option, passed with the constexprs
     return Plan(_gptq_gemv_kernel, grid, consts, kps, sk, grid[0], cfg.warps, 1)
