@@ -14,8 +14,9 @@ __all__ = ['ENV_SWITCH', 'bucket_length', 'default_compile_config', 'FastGenerat
 
 # %% ../nbs/15_generate.ipynb #c006
 def bucket_length(n:int, limit:int|None=None) -> int:
-    "Static-cache length for `n` tokens: 256·2^k up to 2048, then multiples of 1024; at most `max(n, limit)`."
-    b = max(256, 1 << (n - 1).bit_length()) if n <= 2048 else -(-n // 1024) * 1024
+    "Static-cache length for `n` tokens: 256·2^k up to 2048, then multiples of 2^k ≥ n/16; at most `max(n, limit)`."
+    if n <= 2048: b = max(256, 1 << (n - 1).bit_length())
+    else: step = 1 << ((n - 1).bit_length() - 5); b = -(-n // step) * step   # 128 up to 4096, 256 up to 8192, ...
     return max(n, min(b, limit)) if limit else b
 
 # %% ../nbs/15_generate.ipynb #c009
