@@ -404,6 +404,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'gptq_nb.kernels.gemv._w4_dot': ('kernel_decode.html#_w4_dot', 'gptq_nb/kernels/gemv.py'),
                                       'gptq_nb.kernels.gemv._w4_dot2': ('kernel_decode.html#_w4_dot2', 'gptq_nb/kernels/gemv.py'),
                                       'gptq_nb.kernels.gemv._w4_dot4': ('kernel_decode.html#_w4_dot4', 'gptq_nb/kernels/gemv.py'),
+                                      'gptq_nb.kernels.gemv._w4_dot_pair': ('kernel_decode.html#_w4_dot_pair', 'gptq_nb/kernels/gemv.py'),
+                                      'gptq_nb.kernels.gemv._w4_pair_asm': ('kernel_decode.html#_w4_pair_asm', 'gptq_nb/kernels/gemv.py'),
                                       'gptq_nb.kernels.gemv._x_h2': ('kernel_decode.html#_x_h2', 'gptq_nb/kernels/gemv.py'),
                                       'gptq_nb.kernels.gemv._x_pair': ('kernel_decode.html#_x_pair', 'gptq_nb/kernels/gemv.py'),
                                       'gptq_nb.kernels.gemv.decode_ok': ('kernel_decode.html#decode_ok', 'gptq_nb/kernels/gemv.py'),

@@ -95,7 +95,24 @@ def _w4_asm(rows:int) -> str:
     lines += [f"mov.b32 ${r}, o{r};" for r in range(rows)]
     return "\n".join(lines) + " }"
 
+def _w4_pair_asm() -> str:
+    """PTX for `_w4_dot_pair`: one row against two words (word rows r and r + WPI/2 of a tile, one group), the 8
+    products of each added into one half2 before the fold into fp32: one pair of converts and an add per two words.
+    Operands: the sum, then words a and b, the two zero constants, 2^-7 and 2^-11, and 4 activation pairs per word."""
+    lines = ["{ .reg .b32 t, q0, q1, q2, q3, a; .reg .b16 l, h; .reg .f32 fl, fh;"]
+    for wi, w in enumerate(("$1", "$2")):
+        lines.append(f"shr.u32 t, {w}, 8;")
+        for j, (src, mask, c, z) in enumerate(((w, "0x000F000F", "$5", "$3"), (w, "0x00F000F0", "$6", "$4"),
+                                                ("t", "0x000F000F", "$5", "$3"), ("t", "0x00F000F0", "$6", "$4"))):
+            lines.append(f"lop3.b32 q{j}, {src}, {mask}, 0x64006400, 0xEA; fma.rn.f16x2 q{j}, q{j}, {c}, {z};")
+        p = [f"${7 + 4 * wi + j}" for j in range(4)]
+        first = "mul.rn.f16x2 a, q0, " + p[0] if wi == 0 else "fma.rn.f16x2 a, q0, " + p[0] + ", a"
+        lines.append(f"{first}; fma.rn.f16x2 a, q1, {p[1]}, a; fma.rn.f16x2 a, q2, {p[2]}, a; fma.rn.f16x2 a, q3, {p[3]}, a;")
+    lines.append("mov.b32 {l, h}, a; cvt.f32.f16 fl, l; cvt.f32.f16 fh, h; add.f32 $0, fl, fh; }")
+    return "\n".join(lines)
+
 _W4_ASM1 = tl.constexpr(_w4_asm(1)) if triton is not None else None
+_W4_PAIR = tl.constexpr(_w4_pair_asm()) if triton is not None else None
 _W4_ASM2 = tl.constexpr(_w4_asm(2)) if triton is not None else None
 _W4_ASM4 = tl.constexpr(_w4_asm(4)) if triton is not None else None
 
@@ -128,6 +145,16 @@ def _w4_dot(w, zl, zh, p0, p1, p2, p3, ASM: tl.constexpr):
             acc_l = (acc_l + ql * _half(p, False)).to(tl.float16)
             acc_h = (acc_h + qh * _half(p, True)).to(tl.float16)
         return acc_l.to(tl.float32) + acc_h.to(tl.float32)
+
+@_jit
+def _w4_dot_pair(w, v, zl, zh, p0, p1, p2, p3, r0, r1, r2, r3, ASM: tl.constexpr):
+    """One row against two words w, v (word rows r and r + WPI/2, pairs p and r): 8 products of each into one fp16
+    partial (at most 8·16/128·|x| = |x|: no overflow), then one fold into fp32 for the two."""
+    if ASM:
+        return tl.inline_asm_elementwise(_W4_PAIR, "=r" + ",r" * 14, [w, v, zl, zh, _c16(w, 0x20002000), _c16(w, 0x10001000),
+                                         p0, p1, p2, p3, r0, r1, r2, r3], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return _w4_dot(w, zl, zh, p0, p1, p2, p3, ASM) + _w4_dot(v, zl, zh, r0, r1, r2, r3, ASM)
 
 @_jit
 def _w4_dot2(w, zl, zh, p0, p1, p2, p3, r0, r1, r2, r3, ASM: tl.constexpr):
@@ -168,10 +195,11 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
                       BITS: tl.constexpr, GROUP: tl.constexpr, ZOFF: tl.constexpr, HAS_BIAS: tl.constexpr,
                       SPLIT: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr, WPI: tl.constexpr,
                       PF: tl.constexpr, XBF16: tl.constexpr, ASM: tl.constexpr, RED: tl.constexpr, H2: tl.constexpr,
-                      PDL: tl.constexpr):
+                      PDL: tl.constexpr, PAIR: tl.constexpr):
     """CUDA-core decode: M ≤ MB ≤ 4 rows; K a multiple of the tile's WPI·32/BITS rows, which divide GROUP.
     H2 (4-bit, fp16): packed-half arithmetic (`_w4_dot`) instead of the fp32 mantissa trick.
     PF: tiles of words in flight ahead of the one in use (0, 1 or 2), held in registers.
+    PAIR (H2, one row, PF ≤ 1): the tile is loaded as two halves of WPI/2 word rows whose words meet in one fp16 partial.
     PDL (launched as a programmatic dependent of the previous kernel): the first tile of weights is read before waiting
     for that kernel; activations, sums and outputs only after."""
     pid_n = tl.program_id(0)
@@ -182,7 +210,8 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
     LO: tl.constexpr = ((1 << BITS) - 1) << (23 - 2 * BITS)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
-    offs_r = tl.arange(0, WPI)
+    R: tl.constexpr = WPI // 2 if PAIR else WPI   # word rows of each loaded half (PAIR) or of the tile
+    offs_r = tl.arange(0, R)
     x32 = x_ptr.to(tl.pointer_type(tl.int32))   # activations read two at a time
     xs = stride_xm // 2
     y0 = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -194,6 +223,8 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
     w_ptrs = qw_ptr + (k_lo // PER + offs_r)[:, None] * N + offs_n[None, :]
     if PF >= 1:
         w_next = tl.load(w_ptrs, mask=n_mask[None, :] & (k_lo < k_hi))
+        if PAIR:
+            v_next = tl.load(w_ptrs + R * N, mask=n_mask[None, :] & (k_lo < k_hi))
     if PF >= 2:
         w_next2 = tl.load(w_ptrs + WPI * N, mask=n_mask[None, :] & (k_lo + ROWS < k_hi))
     if PDL:   # weights are constant while PDL is on (`settled_weights`); x and the split-K state are the last kernel's
@@ -206,16 +237,22 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
             w_next2 = tl.load(w_ptrs + WPI * N, mask=n_mask[None, :] & (k0 + 2 * ROWS < k_hi))
         elif PF == 1:   # double-buffered in registers: the next tile's words are in flight while this one is used
             w = w_next
+            if PAIR:
+                v = v_next
             w_ptrs += WPI * N
             w_next = tl.load(w_ptrs, mask=n_mask[None, :] & (k0 + ROWS < k_hi))
+            if PAIR:
+                v_next = tl.load(w_ptrs + R * N, mask=n_mask[None, :] & (k0 + ROWS < k_hi))
         else:   # masked-off lanes (columns past N, a tile past the split) are never used: no `other`, no zeroing
             w = tl.load(w_ptrs, mask=n_mask[None, :])
+            if PAIR:
+                v = tl.load(w_ptrs + R * N, mask=n_mask[None, :])
             w_ptrs += WPI * N
         zi, s = _group_zs(qz_ptr, s_ptr, k0 // GROUP, offs_n, n_mask, N, stride_z, BITS, ZOFF)
         z = zi.to(tl.float32)
         s = s.to(tl.float32)
-        z2 = tl.zeros((WPI, BLOCK_N), dtype=tl.float32)
-        z1 = tl.zeros((WPI,), dtype=tl.float32)
+        z2 = tl.zeros((R, BLOCK_N), dtype=tl.float32)
+        z1 = tl.zeros((R,), dtype=tl.float32)
         ah0, al0, sh0, sl0 = z2, z2, z1, z1
         ah1, al1, sh1, sl1 = z2, z2, z1, z1
         ah2, al2, sh2, sl2 = z2, z2, z1, z1
@@ -226,7 +263,10 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
             zl = (zi * 0x10001 | -939472896)[None, :]   # 0xC800C800
             zh = (zi * 0x100010 | -1207912448)[None, :]   # 0xB800B800
             p0, p1, p2, p3 = _h2_pairs(xw, None, ASM)
-            if MB == 1:   # assigned, not added to the zeros: x + 0.0 is not folded away (IEEE -0), one FADD a word
+            if PAIR:
+                r0, r1, r2, r3 = _h2_pairs(xw + R * (PER // 2), None, ASM)
+                ah0 = _w4_dot_pair(w, v, zl, zh, p0, p1, p2, p3, r0, r1, r2, r3, ASM)
+            elif MB == 1:   # assigned, not added to the zeros: x + 0.0 is not folded away (IEEE -0), one FADD a word
                 ah0 = _w4_dot(w, zl, zh, p0, p1, p2, p3, ASM)
             elif MB == 2:
                 r0, r1, r2, r3 = _h2_pairs(xw + xs, 1 < M, ASM)
@@ -284,6 +324,7 @@ class DecodeConfig(NamedTuple):
     packed_half: bool = True     # 4-bit fp16: half2 arithmetic (HFMA2) instead of the fp32 exponent trick
     atomic_reduce: bool = False  # split-K partials added in L2 as they arrive (fp32 atomics: order, so last bits, vary)
     max_registers: int = 0       # ptxas register cap a thread (0: its own choice); a cap buys occupancy, may spill
+    pair_rows: bool = True       # one row, packed-half, prefetch ≤ 1: two words share an fp16 partial (one fold per two)
 
 def decode_ok(M:int, K:int, bits:int, has_gidx:bool, group_size:int, dtype, cfg:DecodeConfig) -> bool:
     "Can the decode kernel take this call: ≤ 4 rows, b ∈ {2, 4, 8}, no g_idx, steps that divide K and the group."
@@ -306,5 +347,6 @@ def decode_plan(M, K, N, bits, group_size, zoff, has_bias, dtype, cfg:DecodeConf
                   BLOCK_N=cfg.block_n, WPI=cfg.words_per_thread, PF=int(cfg.prefetch), XBF16=dtype == torch.bfloat16,
                   ASM=not _interpret(), RED=0 if cfg.atomic_reduce and sk > 1 else max(1, min(8, 4096 // (mb * cfg.block_n))),
                   H2=bool(cfg.packed_half) and bits == 4 and dtype == torch.float16, PDL=0)
+    consts["PAIR"] = int(bool(cfg.pair_rows) and mb == 1 and consts["H2"] and cfg.words_per_thread >= 2 and cfg.prefetch <= 1)
     if cfg.max_registers: consts["maxnreg"] = cfg.max_registers   # a compile option, passed with the constexprs
     return Plan(_gptq_gemv_kernel, grid, consts, kps, sk, grid[0], cfg.warps, 1)
