@@ -12,7 +12,8 @@ successor dequantizes to (q - z)/128 with 4 LOP3 + 1 shift + 4 HFMA2 per word an
 ops (423 a step). Here, for every layer shape of six families (merged q/k/v and gate/up, as `generate` runs them)
 and each m: the rule, without prefetch, and half / twice the splits (1def9df also timed `late_fold`, the tile's rows
 summed once at the end: 408 a step but 96 registers against 79, slower on every family, removed; then masked-off
-lanes lost their zeroing, 79 -> 72 registers).
+lanes lost their zeroing, 79 -> 72 registers), and `unpaired`: one row's word rows r and r + WPI/2 not sharing an
+fp16 partial (`pair_rows=False`; paired: 378 a step).
 All inside `settled_weights` (PDL, as `generate` runs them), each checked against
 float64, graph-timed back to back (bench.graph_time) beside fp16 (faster of matmul / F.linear). Writes decode_sweep.json.
 """
@@ -27,13 +28,13 @@ from gptq_nb.kernels.gemv import DecodeConfig
 
 def variants(rule: DecodeConfig, K: int, group: int = 128):
     "name -> DecodeConfig, each one change from the rule's (those that can't differ on this shape left out)."
-    v = dict(rule=rule, pf0=rule._replace(prefetch=0))
+    v = dict(rule=rule, unpaired=rule._replace(pair_rows=False), pf0=rule._replace(prefetch=0))
     if rule.split_k > 1: v["split/2"] = rule._replace(split_k=rule.split_k // 2)
     if rule.split_k < 32 and K // (rule.split_k * 2) >= rule.words_per_thread * 8 * 2: v["split*2"] = rule._replace(split_k=rule.split_k * 2)
     return v
 
 
-NAMES = ("rule", "pf0", "split/2", "split*2")
+NAMES = ("rule", "unpaired", "pf0", "split/2", "split*2")
 
 
 def main():
