@@ -174,7 +174,7 @@ def _kernel_args(plan:Plan, x2, out, ws, locks, qweight, qzeros, scales, g_idx, 
 def _run_plan(plan:Plan, x2, qweight, qzeros, scales, g_idx, bias):
     "Allocate the output (and split-K scratch) and launch a plan on 2-D x2 [M, K]."
     M, N = x2.shape[0], scales.shape[1]
-    if plan.kernel is _gptq_gemv_kernel and (x2.stride(0) % 2 or x2.data_ptr() % 4):   # it reads activation pairs
+    if plan.kernel is _gptq_gemv_kernel and (x2.stride(0) % 2 or x2.data_ptr() % 8):   # it reads 2 and 4 activations at once
         x2 = x2.clone(memory_format=torch.contiguous_format)
     out = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
     ws = _workspace(plan, M, N, x2.device, out)

@@ -181,8 +181,11 @@ def _w4_dot4(w, zl, zh, p0, p1, p2, p3, r0, r1, r2, r3, u0, u1, u2, u3, v0, v1, 
 @_jit
 def _h2_pairs(xw, ok, ASM: tl.constexpr):
     "One row's activation pairs for a word row [WPI]: (x_j, x_j+4) for j = 0..3, as [WPI, 1] half2 bits (garbage if not ok)."
-    if ok is None:   # row 0, which always exists
-        xa, xb, xc, xd = tl.load(xw), tl.load(xw + 1), tl.load(xw + 2), tl.load(xw + 3)
+    if ok is None:   # row 0, which always exists: two 64-bit loads (x is 8-byte aligned, word rows start at 4 words)
+        x64 = xw.to(tl.pointer_type(tl.int64))
+        ab, cd = tl.load(x64), tl.load(x64 + 1)
+        xa, xb = (ab & 0xFFFFFFFF).to(tl.int32), (ab >> 32).to(tl.int32)
+        xc, xd = (cd & 0xFFFFFFFF).to(tl.int32), (cd >> 32).to(tl.int32)
     else:            # a missing row's sums are never stored, so its lanes need no value
         xa, xb = tl.load(xw, mask=ok), tl.load(xw + 1, mask=ok)
         xc, xd = tl.load(xw + 2, mask=ok), tl.load(xw + 3, mask=ok)
