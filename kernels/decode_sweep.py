@@ -13,7 +13,9 @@ ops (423 a step). Here, for every layer shape of six families (merged q/k/v and 
 and each m: the rule, without prefetch, and half / twice the splits (1def9df also timed `late_fold`, the tile's rows
 summed once at the end: 408 a step but 96 registers against 79, slower on every family, removed; then masked-off
 lanes lost their zeroing, 79 -> 72 registers), and `unpaired`: one row's word rows r and r + WPI/2 not sharing an
-fp16 partial (`pair_rows=False`; paired: 378 a step).
+fp16 partial (`pair_rows=False`; paired: 378 a step), and 128 columns a one-warp program (4 a thread, the layout
+Triton gives the 1-D scale and zero loads, so no shuffles a step: 648 SASS a step of 32 words at 8 word rows, 360 of
+16 at 4 word rows and 64 registers, against 371 of 16 at the rule's 64 columns).
 All inside `settled_weights` (PDL, as `generate` runs them), each checked against
 float64, graph-timed back to back (bench.graph_time) beside fp16 (faster of matmul / F.linear). Writes decode_sweep.json.
 """
@@ -26,15 +28,26 @@ from gptq_nb.kernels import gemm as G
 from gptq_nb.kernels.gemv import DecodeConfig
 
 
-def variants(rule: DecodeConfig, K: int, group: int = 128):
+def _sk(K, N, bn, wpi, target=4096):
+    "The rule's split count for one-warp programs of bn columns and wpi word rows (23_kernel_dispatch `_decode_rule`)."
+    tiles = -(-N // bn)
+    return max(1, min(32, 1 << max(0, (target // tiles).bit_length() - 1), 1 << max(0, (K // (wpi * 8)).bit_length() - 1)))
+
+
+def variants(rule: DecodeConfig, K: int, N: int, m: int, group: int = 128):
     "name -> DecodeConfig, each one change from the rule's (those that can't differ on this shape left out)."
     v = dict(rule=rule, unpaired=rule._replace(pair_rows=False), pf0=rule._replace(prefetch=0))
+    if rule.warps == 1 and rule.block_n < 128 and m <= 2:   # 128 columns a warp: 4 a thread, the layout of the 1-D loads
+        for wpi in (8, 4):
+            c = rule._replace(block_n=128, words_per_thread=wpi, split_k=_sk(K, N, 128, wpi))
+            v[f"bn128_wpi{wpi}"] = c
+            if c.split_k > 1: v[f"bn128_wpi{wpi}_split/2"] = c._replace(split_k=c.split_k // 2)
     if rule.split_k > 1: v["split/2"] = rule._replace(split_k=rule.split_k // 2)
     if rule.split_k < 32 and K // (rule.split_k * 2) >= rule.words_per_thread * 8 * 2: v["split*2"] = rule._replace(split_k=rule.split_k * 2)
     return v
 
 
-NAMES = ("rule", "unpaired", "pf0", "split/2", "split*2")
+NAMES = ("rule", "unpaired", "pf0", "split/2", "split*2", "bn128_wpi8", "bn128_wpi8_split/2", "bn128_wpi4", "bn128_wpi4_split/2")
 
 
 def main():
@@ -68,7 +81,7 @@ def main():
                 rule = G.pick_config(m, K, N)
                 rec["configs"][f"{key}/{m}"] = rule._asdict()
                 with G.settled_weights():
-                    for tag, cfg in variants(rule, K).items():
+                    for tag, cfg in variants(rule, K, N, m).items():
                         try:
                             y = G.gptq_gemm(x, config=cfg, **args_of(Ls[0], False)); err = rel(y, ref)
                         except Exception as ex:
