@@ -189,8 +189,7 @@ def _dequant_mm(x2, qweight, qzeros, scales, g_idx, bits, group_size, checkpoint
     """x2 @ W (+ bias) by dequantize-then-cuBLAS, `DEQUANT_SCRATCH` bytes of W at a time: a wide layer is multiplied
     in column slices (multiples of 256), each written into its columns of the output."""
     K, N = x2.shape[1], scales.shape[1]
-    cap = DEQUANT_SCRATCH if x2.shape[0] < 1024 else DEQUANT_SCRATCH // 4   # a long prompt: activations peak here too
-    step = max(256, cap // (K * x2.element_size()) // 256 * 256)
+    step = max(256, DEQUANT_SCRATCH // (K * x2.element_size()) // 256 * 256)
     if bias is not None: bias = bias.to(x2.dtype)
     out = torch.empty(x2.shape[0], N, dtype=x2.dtype, device=x2.device)
     for j in range(0, N, step):
