@@ -261,7 +261,7 @@ def _gptq_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, lock
         ah2, al2, sh2, sl2 = z2, z2, z1, z1
         ah3, al3, sh3, sl3 = z2, z2, z1, z1
         xw = x32 + k0 // 2 + offs_r * (PER // 2)
-        if H2:   # each row's 8 activations per word row as the pairs (x_j, x_j+4)/64 that codes j and j+4 meet
+        if H2:   # each row's 8 activations per word row as the pairs (x_j, x_j+4) that codes j and j+4 meet
             # the half2 constants −(8 + z/128) and −(1/2 + z/128): fp16 bits 0xC800 + z and 0xB800 + 16·z (0 ≤ z ≤ 16)
             zl = (zi * 0x10001 | -939472896)[None, :]   # 0xC800C800
             zh = (zi * 0x100010 | -1207912448)[None, :]   # 0xB800B800
