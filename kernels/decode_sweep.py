@@ -1,23 +1,15 @@
-"""What the decode kernel's m = 1–4 time is waiting on: bytes in flight, registers, program length (issue 10).
+"""The decode kernel's launch config against one-change variants of it, on many models' shapes (issue 10).
 
 Run on the lent GPU from the repo root:  PYTHONPATH=. python3 kernels/decode_sweep.py --out $OUT [--ms 1,2,4]
 
-ncu (session 9) read the m = 1 kernel as latency-bound (80 registers, one-warp programs 24 to an SM, 22-40% of DRAM
-bandwidth on 7-8B layers). The first run of this script (commit 3872a69, results/2026-12-03_H200_decode_sweep_3872a69.json)
-found the rule faster than two tiles of words in flight, no prefetch, a 64-register cap (spills), half or twice the
-splits, twice the words a step and wider programs, on every family; and tile_read.py read the same tiles at 3.3 TB/s
-(7.5 us on 4096x12288 against the kernel's 11.9). A third run (509b7e2) found loading the next step's scales, zeros and activations a step ahead no faster either. The
-kernel is issue-bound: 459 SASS instructions a step of 16 words a thread (29 a word) in the loop at m = 1; 7718ccf's
-successor dequantizes to (q - z)/128 with 4 LOP3 + 1 shift + 4 HFMA2 per word and builds zero constants with integer
-ops (423 a step). Here, for every layer shape of six families (merged q/k/v and gate/up, as `generate` runs them)
-and each m: the rule, without prefetch, and half / twice the splits (1def9df also timed `late_fold`, the tile's rows
-summed once at the end: 408 a step but 96 registers against 79, slower on every family, removed; then masked-off
-lanes lost their zeroing, 79 -> 72 registers), and `unpaired`: one row's word rows r and r + WPI/2 not sharing an
-fp16 partial (`pair_rows=False`; paired: 378 a step), and 128 columns a one-warp program (4 a thread, the layout
-Triton gives the 1-D scale and zero loads, so no shuffles a step: 648 SASS a step of 32 words at 8 word rows, 360 of
-16 at 4 word rows and 64 registers, against 371 of 16 at the rule's 64 columns).
-All inside `settled_weights` (PDL, as `generate` runs them), each checked against
-float64, graph-timed back to back (bench.graph_time) beside fp16 (faster of matmul / F.linear). Writes decode_sweep.json.
+For every layer shape of six families (q/k/v and gate/up merged, as `generate` runs them) and each m: the rule's
+`DecodeConfig` (`pick_config`), the same without pairing one row's word rows (`pair_rows=False`), without prefetch,
+with half / twice the splits, and for one-warp programs 128 columns a warp (4 a thread: the layout Triton gives the
+1-D scale and zero loads, so no shuffles a step) at 8 and 4 word rows. Each inside `settled_weights` (PDL, as the
+decode step runs them), checked against float64, then graph-timed back to back (`bench.graph_time`) beside fp16
+(faster of matmul / F.linear). A variant that can't differ on a shape counts as the rule there. Writes
+decode_sweep.json; `kernels/RESULTS.md` (session 10) has the earlier variants (two tiles in flight, a register cap,
+side prefetch, late row sums) and why they were dropped.
 """
 import argparse, datetime, json, os, subprocess, time
 import torch
