@@ -231,6 +231,27 @@ def fp16_copies(K, N):
     return [W] + [W.clone() for _ in range(n_copies(K * N * 2) - 1)]
 
 
+def shape_case(K, N):
+    "A layer shape's random 4-bit layer, its rotation copies and the fp16 weights' copies (one shape of a family)."
+    L = layer(K, N, seed=K + 3 * N)
+    return L, copies(L, n_copies(qbytes(L))), fp16_copies(K, N)
+
+
+def fp16_us(x, Ws):
+    "fp16's µs a call for x @ W, graph-timed: the faster of torch.matmul on W [K, N] and F.linear on W^T [N, K] (nn.Linear's)."
+    Wts = [w.t().contiguous() for w in Ws]
+    return min(safe(graph_time, [lambda w=w: torch.matmul(x, w) for w in Ws]),
+               safe(graph_time, [lambda w=w: F.linear(x, w) for w in Wts])) * 1e3
+
+
+def results_header(**extra):
+    "The head of a results file: date, card, torch, the tree's commit (COMMIT, else git), then `extra`."
+    import subprocess
+    commit = os.environ.get("COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                                        text=True).stdout.strip()
+    return dict(date=str(datetime.date.today()), card=torch.cuda.get_device_name(), torch=torch.__version__, commit=commit, **extra)
+
+
 def family_totals(per_shape, shapes, m, value):
     "Per variant, `value(name, record)` summed over a family's layer shapes at m rows (a None value is left out)."
     tot = {}

@@ -11,10 +11,9 @@ decode step runs them), checked against float64, then graph-timed back to back (
 decode_sweep.json; `kernels/RESULTS.md` (session 10) has the earlier variants (two tiles in flight, a register cap,
 side prefetch, late row sums) and why they were dropped.
 """
-import argparse, datetime, json, os, subprocess, time
+import argparse, json, os, time
 import torch
-import torch.nn.functional as F
-from kernels.bench import graph_time, layer, copies, n_copies, qbytes, rel, safe, log, args_of, fp16_copies, family_totals
+from kernels.bench import graph_time, rel, safe, log, args_of, family_totals, shape_case, fp16_us, results_header
 from kernels.gemv_reduce import SETS
 from gptq_nb.kernels import gemm as G
 from gptq_nb.kernels.gemv import DecodeConfig
@@ -49,27 +48,20 @@ def main():
     a = ap.parse_args()
     ms = [int(v) for v in a.ms.split(",")]
     t00 = time.time()
-    rec = dict(date=str(datetime.date.today()), card=torch.cuda.get_device_name(), torch=torch.__version__,
-               pdl_ok=G._pdl_ok(), commit=os.environ.get("COMMIT") or subprocess.run(
-                   ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
-               shapes={}, sets={}, configs={})
+    rec = results_header(pdl_ok=G._pdl_ok(), shapes={}, sets={}, configs={})
     bad = []
-    done = []
     for fam in a.sets.split(","):
         if time.time() - t00 > a.budget: log("budget spent before", fam); break
         shapes = SETS[fam]
         for (K, N) in shapes:
             key = f"{K}x{N}"
             if key in rec["shapes"]: continue
-            L = layer(K, N, seed=K + 3 * N)
-            Ls = copies(L, n_copies(qbytes(L)))
-            Ws = fp16_copies(K, N)
+            L, Ls, Ws = shape_case(K, N)
             per = {}
             for m in ms:
                 x = torch.randn(m, K, device="cuda", dtype=torch.float16)
                 ref = G.ref_gemm(x, **args_of(L, False))
-                r = dict(fp16=min(safe(graph_time, [lambda w=w: torch.matmul(x, w) for w in Ws]),
-                                  safe(graph_time, [lambda w=w: F.linear(x, w.t()) for w in Ws])) * 1e3)
+                r = dict(fp16=fp16_us(x, Ws))
                 rule = G.pick_config(m, K, N)
                 rec["configs"][f"{key}/{m}"] = rule._asdict()
                 with G.settled_weights():

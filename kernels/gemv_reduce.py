@@ -8,13 +8,12 @@ RED at a time), the same with all partials loaded at once ("ordered-all"), and f
 (`atomic_reduce=True`) at the rule's split count and at half and twice it (the session-8 runs also timed a per-thread
 fence before the barrier, since removed: it cost half the gain and fixed nothing). Each variant is checked against float64
 first (and its output against the rule's), then timed in one CUDA graph of >= 64 calls over weight copies several times
-the L2 (`bench.graph_time`), beside fp16 (faster of matmul / F.linear). Prints per-shape µs, per-family sums and the
+the L2 (`bench.graph_time`), beside fp16 (faster of matmul / F.linear; its `fp16` field is µs, ms in files before 2026-12-03's session 10). Prints per-shape µs, per-family sums and the
 ratio to fp16; writes gemv_reduce.json.
 """
-import argparse, datetime, json, os, subprocess, time
+import argparse, json, os, time
 import torch
-import torch.nn.functional as F
-from kernels.bench import graph_time, layer, copies, n_copies, qbytes, rel, safe, log, args_of, fp16_copies, family_totals
+from kernels.bench import graph_time, layer, rel, safe, log, args_of, family_totals, shape_case, fp16_us, results_header
 from gptq_nb.kernels import gemm as G
 from gptq_nb.kernels.gemv import decode_plan
 
@@ -80,7 +79,7 @@ def stress(reps, ms):
 def dequant_slices(ms=(256, 2048)):
     "Dequantize-then-cuBLAS with the W scratch capped at DEQUANT_SCRATCH (column slices) against one whole W: error, time, scratch."
     from gptq_nb.kernels.gemm import DequantConfig
-    out = {}
+    out, cap0 = {}, G.DEQUANT_SCRATCH
     for (K, N) in [(4096, 12288), (4096, 22016), (11008, 4096), (4096, 28672), (8192, 57344)]:
         L = layer(K, N, seed=K + 7 * N)
         for m in ms:
@@ -94,7 +93,7 @@ def dequant_slices(ms=(256, 2048)):
                 y = f(); torch.cuda.synchronize()
                 r[tag] = dict(err=rel(y, ref), scratch_mib=(torch.cuda.max_memory_allocated() - m0) / 2**20,
                               us=graph_time([f], min_calls=16) * 1e3)
-            G.DEQUANT_SCRATCH = 32 << 20
+            G.DEQUANT_SCRATCH = cap0   # the package's default again
             out[f"{m}/{K}/{N}"] = r
             log(f"dequant {K}x{N} m={m}: " + "  ".join(f"{t} {v['us']:.0f} us err {v['err']:.1e} peak +{v['scratch_mib']:.0f} MiB" for t, v in r.items()))
         del L; torch.cuda.empty_cache()
@@ -109,9 +108,7 @@ def main():
     a = ap.parse_args()
     ms = [int(v) for v in a.ms.split(",")]
     t00 = time.time()
-    rec = dict(date=str(datetime.date.today()), card=torch.cuda.get_device_name(), torch=torch.__version__,
-               commit=os.environ.get("COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                                                   text=True).stdout.strip(), shapes={}, sets={})
+    rec = results_header(shapes={}, sets={})
     bad = []
     if a.stress: rec["stress"] = stress(a.stress, ms)
     if a.dequant: rec["dequant"] = dequant_slices()
@@ -120,16 +117,12 @@ def main():
         if time.time() - t00 > a.budget: log("budget spent before", fam); break
         for (K, N) in shapes:
             if f"{K}x{N}" in rec["shapes"]: continue
-            L = layer(K, N, seed=K + 3 * N)
-            Ls = copies(L, n_copies(qbytes(L)))
-            Ws = fp16_copies(K, N)
-            Wts = [w.t().contiguous() for w in Ws]
+            L, Ls, Ws = shape_case(K, N)
             per = {}
             for m in ms:
                 x = torch.randn(m, K, device="cuda", dtype=torch.float16)
                 ref = G.ref_gemm(x, **args_of(L, False))
-                r = dict(fp16=min(safe(graph_time, [lambda w=w: torch.matmul(x, w) for w in Ws]),
-                                  safe(graph_time, [lambda w=w: F.linear(x, w) for w in Wts])))
+                r = dict(fp16=fp16_us(x, Ws))
                 base = None
                 for name, p in variants(m, K, N):
                     run = lambda A, p=p: G._run_plan(p, x, A["qweight"], A["qzeros"], A["scales"], None, None)
@@ -143,14 +136,14 @@ def main():
                     r[name] = dict(us=t * 1e3, err=err, vs_rule=d, repeat_equal=bool(torch.equal(y, y2)),
                                    split_k=p.split_k, red=p.consts["RED"], grid=list(p.grid))
                 per[m] = r
-                log(f"{fam:13s} {K:5d}x{N:<6d} m={m}  fp16 {r['fp16'] * 1e3:6.1f} us  " +
+                log(f"{fam:13s} {K:5d}x{N:<6d} m={m}  fp16 {r['fp16']:6.1f} us  " +
                     "  ".join(f"{n} {v['us']:6.1f}" for n, v in r.items() if isinstance(v, dict)))
             rec["shapes"][f"{K}x{N}"] = per
-            del Ls, Ws, Wts
+            del Ls, Ws
             torch.cuda.empty_cache()
         sums = {}
         for m in ms:
-            tot = family_totals(rec["shapes"], shapes, m, lambda n, v: v["us"] if isinstance(v, dict) else v * 1e3)
+            tot = family_totals(rec["shapes"], shapes, m, lambda n, v: v["us"] if isinstance(v, dict) else v)
             best_atomic = sum(min(v["us"] for n, v in rec["shapes"][f"{K}x{N}"][m].items()
                                   if isinstance(v, dict) and n.startswith("atomic")) for (K, N) in shapes)
             tot["best-atomic"] = best_atomic

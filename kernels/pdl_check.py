@@ -9,9 +9,9 @@ calls of our own kernels overlap there, which a decoder only has between unmerge
 a small torch kernel that is not PDL-aware (an RMSNorm-sized `mul_` on the activations), the neighbour a real decode
 step gives it: that pair's time less the `mul_` alone. Writes pdl_check.json.
 """
-import argparse, datetime, json, os, subprocess, time
+import argparse, json, os, time
 import torch
-from kernels.bench import graph_time, layer, copies, n_copies, qbytes, rel, safe, log, args_of, fp16_copies, family_totals
+from kernels.bench import graph_time, layer, rel, safe, log, args_of, family_totals, shape_case, results_header
 from kernels.gemv_reduce import SETS
 from gptq_nb.kernels import gemm as G
 
@@ -55,10 +55,7 @@ def main():
     a = ap.parse_args()
     ms = [int(v) for v in a.ms.split(",")]
     t00 = time.time()
-    rec = dict(date=str(datetime.date.today()), card=torch.cuda.get_device_name(), torch=torch.__version__,
-               pdl_ok=G._pdl_ok(), commit=os.environ.get("COMMIT") or subprocess.run(
-                   ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
-               shapes={}, sets={})
+    rec = results_header(pdl_ok=G._pdl_ok(), shapes={}, sets={})
     log("PDL available:", rec["pdl_ok"])
     bad = []
     if a.chain: rec["chain"] = chain_check()
@@ -66,9 +63,7 @@ def main():
         shapes = SETS[fam]
         if time.time() - t00 > a.budget: log("budget spent before", fam); break
         for (K, N) in shapes:
-            L = layer(K, N, seed=K + 3 * N)
-            Ls = copies(L, n_copies(qbytes(L)))
-            Ws = fp16_copies(K, N)
+            L, Ls, Ws = shape_case(K, N)
             per = {}
             for m in ms:
                 x = torch.randn(m, K, device="cuda", dtype=torch.float16)
