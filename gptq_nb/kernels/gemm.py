@@ -12,6 +12,7 @@ from .ref import (triton, tl, have_triton, kernels_available, _interpret, _check
                                  _ref_unpack_rows, ref_dequant, ref_gemm, random_gptq)
 from .mma import MMAConfig, DequantConfig, Plan, mma_plan, dequantize, _group, _gptq_mm_kernel
 from .gemv import DecodeConfig, decode_ok, decode_plan, _gptq_gemv_kernel
+from .tc import TCDecodeConfig, tc_why_not, tc_plan, _gptq_tc_kernel
 
 # %% auto #0
 __all__ = ['DEQUANT_SCRATCH', 'kernel_candidates', 'pick_config', 'settled_weights', 'gptq_gemm', 'PreparedGPTQ', 'prepare',
@@ -57,10 +58,22 @@ def _mma_rule(m:int, K:int, N:int, group_size:int, sms:int) -> MMAConfig:
     if N >= 20480: return MMAConfig(block_m=64, block_n=128, block_k=bk, split_k=2, stages=3)
     return MMAConfig(block_m=64, block_n=64, block_k=min(bk, 64), split_k=2, stages=4, join_unpack=True, scale_weights=True)
 
+def _tc_rule(m:int, K:int, N:int, sms:int, unroll:int=4):
+    "(the tensor-core GEMV's launch by rule, None) or (None, why another kernel is faster here): see above."
+    if m == 1: return None, "m=1: the CUDA-core decode kernel is faster for one row"
+    if K * N < (1 << 25 if m == 2 else 1 << 24):
+        return None, f"m={m} on a {K}x{N} layer: too small to pay its fixed cost (split-K atomics, ~6 µs)"
+    if torch.are_deterministic_algorithms_enabled(): return None, "deterministic algorithms asked for: its split-K sums are atomics"
+    sk = max(1, min(K // (32 * unroll), round(32 * sms / -(-N // 32)), 128 // m))
+    return TCDecodeConfig(unroll=unroll, split_k=sk), None
+
 def kernel_candidates(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="cuda", dtype=torch.float16,
                       has_gidx:bool=False) -> list:
     "`[(name, config or None, why not)]` in priority order for x [m, K] @ W [K, N]: the first with a config runs."
     out = []
+    cfg, why = _tc_rule(m, K, N, _sms(device))
+    why = tc_why_not(m, K, N, bits, has_gidx, group_size, dtype, device) or why
+    out.append(("tc", None if why else cfg, why))
     if bits not in (2, 4, 8): why = f"{bits}-bit codes straddle words; it reads 2, 4 or 8 bits"
     elif m > 4 or (m > 2 and not (bits == 4 and dtype == torch.float16)):
         why = f"m={m}: beyond 2 rows (4 on its 4-bit fp16 packed-half path) the tensor cores are faster"
@@ -77,7 +90,7 @@ def kernel_candidates(m:int, K:int, N:int, bits:int=4, group_size:int=128, devic
 
 def pick_config(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="cuda", dtype=torch.float16,
                 has_gidx:bool=False):
-    "The launch config `gptq_gemm` uses for x [m, K] @ W [K, N]: `DecodeConfig`, `MMAConfig` or `DequantConfig`."
+    "The launch config `gptq_gemm` uses for x [m, K] @ W [K, N]: a `TCDecodeConfig`, `DecodeConfig`, `MMAConfig` or `DequantConfig`."
     return next(cfg for _, cfg, _ in kernel_candidates(m, K, N, bits, group_size, device, dtype, has_gidx) if cfg is not None)
 
 # %% ../../nbs/23_kernel_dispatch.ipynb #x011
@@ -103,7 +116,7 @@ def _sums(device, n:int):
 def _workspace(plan:Plan, M:int, N:int, device, out):
     "Split-K scratch for a plan: the shared zeroed row (atomic sums), a fresh [splits, M, N] (ordered sums), or none."
     if plan.split_k <= 1: return out
-    if plan.consts.get("RED") == 0: return _sums(device, M * N)
+    if plan.consts.get("RED") == 0 or plan.kernel is _gptq_tc_kernel: return _sums(device, M * N)
     return torch.empty(plan.split_k, M, N, dtype=torch.float32, device=device)
 
 _FAST: dict = {}
@@ -168,13 +181,14 @@ def _kernel_args(plan:Plan, x2, out, ws, locks, qweight, qzeros, scales, g_idx, 
     "The kernel's runtime arguments, in its signature's order (the decode kernel takes no g_idx)."
     M, K = x2.shape
     tail = (M, out.shape[1], K, x2.stride(0), out.stride(0), qzeros.shape[1], plan.k_per_split)
-    if plan.kernel is _gptq_gemv_kernel: return (x2, qweight, qzeros, scales, bias, out, ws, locks) + tail
+    if plan.kernel in (_gptq_gemv_kernel, _gptq_tc_kernel): return (x2, qweight, qzeros, scales, bias, out, ws, locks) + tail
     return (x2, qweight, qzeros, scales, g_idx if g_idx is not None else qweight, bias, out, ws, locks) + tail
 
 def _run_plan(plan:Plan, x2, qweight, qzeros, scales, g_idx, bias):
     "Allocate the output (and split-K scratch) and launch a plan on 2-D x2 [M, K]."
     M, N = x2.shape[0], scales.shape[1]
-    if plan.kernel is _gptq_gemv_kernel and (x2.stride(0) % 2 or x2.data_ptr() % 8):   # it reads 2 and 4 activations at once
+    if ((plan.kernel is _gptq_gemv_kernel and (x2.stride(0) % 2 or x2.data_ptr() % 8))   # it reads 2 and 4 activations at once
+            or (plan.kernel is _gptq_tc_kernel and (x2.stride(0) % 8 or x2.data_ptr() % 16))):   # and this one 8
         x2 = x2.clone(memory_format=torch.contiguous_format)
     out = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
     ws = _workspace(plan, M, N, x2.device, out)
@@ -200,7 +214,7 @@ def _dequant_mm(x2, qweight, qzeros, scales, g_idx, bits, group_size, checkpoint
     return out
 
 _PLANS: dict = {}
-_CONFIG_ERROR = "config must be a DecodeConfig, MMAConfig or DequantConfig (gptq_nb.kernels.gemm), got {!r}."
+_CONFIG_ERROR = "config must be a TCDecodeConfig, DecodeConfig, MMAConfig or DequantConfig (gptq_nb.kernels.gemm), got {!r}."
 
 def _make_plan(x, M, K, qweight, qzeros, scales, g_idx, bits, group_size, checkpoint_format, bias, config):
     "Validate a call and decide how to run it: ('ref',), ('dequant',) or ('kernel', Plan)."
@@ -208,11 +222,14 @@ def _make_plan(x, M, K, qweight, qzeros, scales, g_idx, bits, group_size, checkp
     if not kernels_available(x.device) or M == 0: return ("ref",)
     cfg = config if config is not None else pick_config(M, K, N, bits, group_size, x.device, x.dtype, g_idx is not None)
     kind = getattr(cfg, "kind", None)
-    if kind not in ("decode", "mma", "dequant"): raise TypeError(_CONFIG_ERROR.format(cfg))
+    if kind not in ("tc", "decode", "mma", "dequant"): raise TypeError(_CONFIG_ERROR.format(cfg))
+    if kind == "tc" and (why := tc_why_not(M, K, N, bits, g_idx is not None, group_size, x.dtype, x.device, cfg)):
+        raise ValueError(f"{cfg} can't run this call: {why}.")
     if kind == "decode" and not decode_ok(M, K, bits, g_idx is not None, group_size, x.dtype, cfg):
         cfg, kind = _mma_rule(M, K, N, group_size, _sms(x.device)), "mma"   # a forced decode config this call can't take
     if kind == "dequant": return ("dequant",)
     zoff = 1 if checkpoint_format == "gptq" else 0
+    if kind == "tc": return ("kernel", tc_plan(M, K, N, bits, group_size, zoff, bias is not None, x.dtype, cfg))
     if kind == "decode":
         return ("kernel", decode_plan(M, K, N, bits, group_size, zoff, bias is not None, x.dtype, cfg))
     return ("kernel", mma_plan(M, K, N, bits, group_size, zoff, g_idx is not None, bias is not None, x.dtype, cfg))
