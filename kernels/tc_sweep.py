@@ -3,7 +3,7 @@
 
 Run on the lent GPU from the repo root:  PYTHONPATH=. python3 kernels/tc_sweep.py --out $OUT [--ms 1,2,4,8]
 
-First odd shapes through `gptq_gemm` with the config forced (groups 32/64/128/-1, v1/v2 zeros, bias, 2-8 rows, N not
+First odd shapes through `gptq_gemm` with the config forced (groups 32/64/128/-1, v1/v2 zeros, bias, 2-16 rows, N not
 a multiple of 32, split-K or not, inside `settled_weights` or not, an activation view off 16-byte alignment) and
 `bench.check_calls` (QuantLinear's cached direct launches, CUDA-graph capture); then, per layer shape of six families
 (merged q/k/v and gate/up, as `generate` runs them) and each m: fp16 (faster of matmul / F.linear), the rule
@@ -25,7 +25,7 @@ def odd_checks():
         for fmt in ("gptq", "gptq_v2"):
             L = layer(K, N, gs=gs, fmt=fmt, seed=K + N)
             A = args_of(L, False)
-            for m in (2, 3, 5, 8):
+            for m in (2, 3, 5, 8, 11, 16):
                 x = torch.randn(m, K, device="cuda", dtype=torch.float16)
                 xo = torch.randn(m * K + 4, device="cuda", dtype=torch.float16)[4:].view(m, K)   # 8 bytes off
                 b = torch.randn(N, device="cuda", dtype=torch.float16)
@@ -45,7 +45,7 @@ def odd_checks():
 
 def main():
     ap = argparse.ArgumentParser(); ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--ms", default="1,2,4,8"); ap.add_argument("--budget", type=float, default=300)
+    ap.add_argument("--ms", default="1,2,4,8,16"); ap.add_argument("--budget", type=float, default=300)
     ap.add_argument("--sets", default=",".join(SETS))
     a = ap.parse_args()
     ms = [int(v) for v in a.ms.split(",")]
