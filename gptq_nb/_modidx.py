@@ -453,7 +453,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'gptq_nb.kernels.tc._gptq_tc_kernel': ('kernel_tc.html#_gptq_tc_kernel', 'gptq_nb/kernels/tc.py'),
                                     'gptq_nb.kernels.tc._group_consts': ('kernel_tc.html#_group_consts', 'gptq_nb/kernels/tc.py'),
                                     'gptq_nb.kernels.tc._ld4': ('kernel_tc.html#_ld4', 'gptq_nb/kernels/tc.py'),
-                                    'gptq_nb.kernels.tc._ld_iter': ('kernel_tc.html#_ld_iter', 'gptq_nb/kernels/tc.py'),
                                     'gptq_nb.kernels.tc._park': ('kernel_tc.html#_park', 'gptq_nb/kernels/tc.py'),
                                     'gptq_nb.kernels.tc._park8': ('kernel_tc.html#_park8', 'gptq_nb/kernels/tc.py'),
                                     'gptq_nb.kernels.tc._prmt': ('kernel_tc.html#_prmt', 'gptq_nb/kernels/tc.py'),

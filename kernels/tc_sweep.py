@@ -7,8 +7,8 @@ First odd shapes through `gptq_gemm` with the config forced (groups 32/64/128/-1
 a multiple of 32, split-K or not, inside `settled_weights` or not, an activation view off 16-byte alignment) and
 `bench.check_calls` (QuantLinear's cached direct launches, CUDA-graph capture); then, per layer shape of six families
 (merged q/k/v and gate/up, as `generate` runs them) and each m: fp16 (faster of matmul / F.linear), the rule
-(`pick_config`), the best candidate after the tensor-core GEMV (what the rule picked before it), and the GEMV (the rule's
-split count, also at one row) without and with prefetch of the next iteration's words, at 4 and 2 steps an iteration; each checked against float64, graph-timed inside `settled_weights`.
+(`pick_config`), the best candidate after the tensor-core GEMV (what the rule picked before it), and the GEMV with
+its split cap at 256/m instead of 128/m; each checked against float64, graph-timed inside `settled_weights`.
 Writes tc_sweep.json.
 """
 import argparse, json, os, time
@@ -34,8 +34,7 @@ def odd_checks():
                         with G.settled_weights(pdl):
                             for xx in ((x, xo) if sk == 3 else (x,)):
                                 ref = G.ref_gemm(xx, bias=b, **A)
-                                cfg = TCDecodeConfig(split_k=sk, prefetch=sk != 1, unroll=2 if sk == 64 else 4)
-                                y = G.gptq_gemm(xx, bias=b, config=cfg, **A)
+                                y = G.gptq_gemm(xx, bias=b, config=TCDecodeConfig(split_k=sk), **A)
                                 e = rel(y, ref); n += 1
                                 if not e <= 2e-3: bad.append((K, N, gs, fmt, m, sk, pdl, e)); log("  ODD FAIL", bad[-1])
     left = G._sums("cuda", 1).abs().max().item()
@@ -71,18 +70,17 @@ def main():
                 before = next(c for nm, c in cands if nm != "tc")
                 vs = dict(rule=rule, before=before)
                 tcr = G._tc_rule(m, K, N, G._sms("cuda"))[0]
-                if G.tc_why_not(m, K, N, 4, False, 128, torch.float16, "cuda") is None:
+                if m > 1 and G.tc_why_not(m, K, N, 4, False, 128, torch.float16, "cuda") is None:
                     tcr = tcr or TCDecodeConfig(split_k=max(1, min(K // 128, round(32 * 132 / (N // 32)), 128 // m)))
                     vs["tc"] = tcr
-                    vs["tc_pf"] = tcr._replace(prefetch=True)
-                    vs["tc_u2pf"] = tcr._replace(prefetch=True, unroll=2)
+                    vs["tc_cap256"] = tcr._replace(split_k=max(1, min(K // 128, round(32 * 132 / (N // 32)), 256 // m)))
                 rec["configs"][f"{key}/{m}"] = {k: [type(c).__name__, list(c)] for k, c in vs.items()}
                 with G.settled_weights():
                     for tag, cfg in vs.items():
                         y = G.gptq_gemm(x, config=cfg, **args_of(L, False)); err = rel(y, ref)
                         if not err <= 2e-3: bad.append((key, m, tag, err)); log("  FAIL", key, m, tag, err); continue
                         r[tag] = safe(graph_time, [lambda A=A, c=cfg: G.gptq_gemm(x, config=c, **args_of(A, False)) for A in Ls]) * 1e3
-                for t in ("tc", "tc_pf", "tc_u2pf"): r.setdefault(t, r["rule"])
+                for t in ("tc", "tc_cap256"): r.setdefault(t, r["rule"])
                 per[m] = r
                 log(f"{fam:12s} {key:12s} m={m} " + "  ".join(f"{k} {v:.2f}" for k, v in r.items()) + f"  [{type(rule).__name__}]")
             rec["shapes"][key] = per

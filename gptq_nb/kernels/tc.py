@@ -70,15 +70,6 @@ def _ld4(ptr, ok):
         "=r,=r,=r,=r,l,r", [ptr, ok.to(tl.int32)], dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
 
 @_jit
-def _ld_iter(wp, N, ok, U: tl.constexpr):
-    "The lane's words of U consecutive steps from `wp` (4 checkpoint rows apart), as one tuple of 4·U."
-    t = ()
-    for j in tl.static_range(U):
-        w0, w1, w2, w3 = _ld4(wp + j * 4 * N, ok)
-        t = t + (w0, w1, w2, w3)
-    return t
-
-@_jit
 def _prmt(a, b, SEL: tl.constexpr):
     return tl.inline_asm_elementwise(f"prmt.b32 $0, $1, $2, {SEL};", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True, pack=1)
 
@@ -159,10 +150,9 @@ def _emit8(a0, a1, a2, a3, a4, a5, a6, a7, out_ptr, ws_ptr, b_ptr, ra, n0, M, N,
 @_jit(do_not_specialize=["M"])
 def _gptq_tc_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_om,
                     stride_z, k_per_split, GS: tl.constexpr, ZOFF: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    W: tl.constexpr, U: tl.constexpr, MB: tl.constexpr, PF: tl.constexpr, SPLIT: tl.constexpr,
-                    PDL: tl.constexpr):
+                    W: tl.constexpr, U: tl.constexpr, MB: tl.constexpr, SPLIT: tl.constexpr, PDL: tl.constexpr):
     """4-bit fp16 x [M ≤ 8·MB, K] @ W. One warp = 32 columns × k_per_split rows; GS = steps (32 rows) a group; U steps
-    a loop iteration; PF: the next iteration's words load before this one's are used. The host guarantees K % (32·U) == 0, k_per_split % (32·U) == 0, U % GS == 0 or GS % U == 0."""
+    a loop iteration. The host guarantees K % (32·U) == 0, k_per_split % (32·U) == 0, U % GS == 0 or GS % U == 0."""
     if PDL:
         tl.extra.cuda.gdc_wait()
     idx = tl.arange(0, 32 * W)
@@ -185,15 +175,7 @@ def _gptq_tc_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_pt
     zl0 = zi; zl1 = zi; zl2 = zi; zl3 = zi; zh0 = zi; zh1 = zi; zh2 = zi; zh3 = zi; s0 = zero; s1 = zero; s2 = zero; s3 = zero
     wp = qw_ptr + (st0 * 4 + c).to(tl.int64) * N + n0
     xp = x_ptr + g.to(tl.int64) * stride_xm + (st0 * 4 + c) * 8
-    if PF:
-        nxt = _ld_iter(wp, N, n_ok, U)
     for o in range(0, n_it):
-        if PF:
-            cur = nxt
-            nxt = _ld_iter(wp + U * 4 * N, N, n_ok & (o + 1 < n_it), U)
-        else:
-            cur = _ld_iter(wp, N, n_ok, U)
-        wp += U * 4 * N
         if GS >= U:   # a group spans whole iterations: its constants at its first (or the task's first)
             if ((st0 + o * U) % GS == 0) | (o == 0):
                 zl0, zl1, zl2, zl3, zh0, zh1, zh2, zh3, s0, s1, s2, s3 = _group_consts(
@@ -203,7 +185,7 @@ def _gptq_tc_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_pt
                 if j % GS == 0:
                     zl0, zl1, zl2, zl3, zh0, zh1, zh2, zh3, s0, s1, s2, s3 = _group_consts(
                         qz_ptr, s_ptr, (st0 + o * U + j) // GS, n0, N, stride_z, n_ok, ZOFF)
-            w0 = cur[4 * j]; w1 = cur[4 * j + 1]; w2 = cur[4 * j + 2]; w3 = cur[4 * j + 3]
+            w0, w1, w2, w3 = _ld4(wp, n_ok)
             b0, b1, b2, b3 = _bfrags(xp, g < M)
             if MB == 2:
                 d0, d1, d2, d3 = _bfrags(xp + 8 * stride_xm, g + 8 < M)
@@ -214,6 +196,7 @@ def _gptq_tc_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_pt
             else:
                 g0, g1, g2, g3 = _tile(w0, w1, zl0, zl1, zh0, zh1, b0, b1, b2, b3, g0, g1, g2, g3)
                 g4, g5, g6, g7 = _tile(w2, w3, zl2, zl3, zh2, zh3, b0, b1, b2, b3, g4, g5, g6, g7)
+            wp += 4 * N
             xp += 32
             if GS <= U:
                 if (j + 1) % GS == 0:
@@ -251,7 +234,6 @@ class TCDecodeConfig(NamedTuple):
     kind = "tc"                  # (a class attribute, not a field)
     warps: int = 4               # warps a program, each its own 32 columns
     unroll: int = 4              # steps of 32 rows a loop iteration (their weight loads in flight together)
-    prefetch: bool = False       # load the next iteration's words before using this one's (4·unroll more registers)
     split_k: int = 1             # tasks over disjoint K ranges of the same columns; sums meet by fp32 atomics
 
 def tc_why_not(M:int, K:int, N:int, bits:int, has_gidx:bool, group_size:int, dtype, device="cuda",
@@ -276,8 +258,7 @@ def tc_plan(M, K, N, bits, group_size, zoff, has_bias, dtype, cfg:TCDecodeConfig
     spt = -(-(-(-steps // max(1, cfg.split_k))) // cfg.unroll) * cfg.unroll   # steps per split, whole iterations
     sk = -(-steps // spt)
     gs = (K if group_size == -1 else group_size) // 32
-    consts = dict(GS=gs, ZOFF=zoff, HAS_BIAS=has_bias, W=cfg.warps, U=cfg.unroll, MB=1 if M <= 8 else 2,
-                  PF=int(cfg.prefetch), SPLIT=sk > 1, PDL=0)
+    consts = dict(GS=gs, ZOFF=zoff, HAS_BIAS=has_bias, W=cfg.warps, U=cfg.unroll, MB=1 if M <= 8 else 2, SPLIT=sk > 1, PDL=0)
     return Plan(_gptq_tc_kernel, (-(-ncb // cfg.warps), sk, 1), consts, spt * 32, sk, ncb * 32, cfg.warps, 1)
 
 # %% ../../nbs/22a_kernel_tc.ipynb #t015
