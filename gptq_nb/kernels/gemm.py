@@ -61,7 +61,7 @@ def _mma_rule(m:int, K:int, N:int, group_size:int, sms:int) -> MMAConfig:
 def _tc_rule(m:int, K:int, N:int, sms:int, unroll:int=4):
     "(the tensor-core GEMV's launch by rule, None) or (None, why another kernel is faster here): see above."
     if m == 1: return None, "m=1: the CUDA-core decode kernel is faster for one row"
-    if K * N < (1 << 25 if m == 2 else 1 << 24):
+    if K * N < (1 << 25 if m == 2 else 1 << 24 if m <= 8 else 1 << 26):   # 9-16 rows: two B operands, twice the MMAs
         return None, f"m={m} on a {K}x{N} layer: too small to pay its fixed cost (split-K atomics, ~6 µs)"
     if torch.are_deterministic_algorithms_enabled(): return None, "deterministic algorithms asked for: its split-K sums are atomics"
     sk = max(1, min(K // (32 * unroll), round(32 * sms / -(-N // 32)), 128 // m))
