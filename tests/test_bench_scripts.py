@@ -20,3 +20,12 @@ def test_decode_benchmark_cpu_smoke(tmp_path):
             assert h["logits_finite"] and h["tok_s"] > 0 and h.get("matches_eager", True) and h.get("runs_agree", True), (name, h)
     q, m = d["models"]["gptq-4bit-g128"], d["models"]["gptq-4bit-g128+merged"]
     assert [h["tokens"] for h in m.values()] == [h["tokens"] for h in q.values()]   # merging changes speed, not tokens
+
+
+def test_gpu_only_scripts_import():
+    "The sweeps that only run on the lent GPU at least import here: a renamed or moved library name breaks CI, not a GPU call."
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1"}
+    mods = ("tc_sweep", "decode_sweep", "gemv_reduce", "pdl_check", "tile_read", "ncu_decode")
+    r = subprocess.run([sys.executable, "-c", "; ".join(f"import kernels.{m}" for m in mods)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
