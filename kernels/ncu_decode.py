@@ -5,13 +5,15 @@ Run on the lent GPU from the repo root, under Nsight Compute:
         -k regex:_gptq --log-file $OUT/ncu_decode.txt python3 kernels/ncu_decode.py
 Each (shape, m) below runs `gptq_gemm` as a user calls it (the rule's kernel and launch config) twice: the first call
 compiles, the second is the one to read (ncu profiles both; they are the same launch). Shapes: Llama-2-7B's merged
-q/k/v, o, and down (mid-sized layers that run far from the HBM floor) and Llama-2-70B's gate/up (large, closest to it).
+q/k/v, o, and down (mid-sized layers that run far from the HBM floor) and Llama-2-70B's gate/up (large, closest to it);
+from m = 2 the rule runs the tensor-core GEMV (`_gptq_tc_kernel`, 22a) on these, and the long-K 70B down projection
+and a short-K wide layer show whether its waits are its loads or its split-K epilogue.
 """
 import torch
 from gptq_nb.kernels import gemm as G
 
 CASES = [((4096, 12288), 1), ((4096, 4096), 1), ((11008, 4096), 1), ((8192, 57344), 1), ((4096, 12288), 4),
-         ((4096, 12288), 8)]
+         ((4096, 12288), 8), ((4096, 12288), 2), ((28672, 8192), 4), ((2048, 16384), 4)]
 
 if __name__ == "__main__":
     for (K, N), m in CASES:
