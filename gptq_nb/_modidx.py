@@ -380,6 +380,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'gptq_nb.kernels.gemm._stream': ('kernel_dispatch.html#_stream', 'gptq_nb/kernels/gemm.py'),
                                       'gptq_nb.kernels.gemm._sums': ('kernel_dispatch.html#_sums', 'gptq_nb/kernels/gemm.py'),
                                       'gptq_nb.kernels.gemm._tc_rule': ('kernel_dispatch.html#_tc_rule', 'gptq_nb/kernels/gemm.py'),
+                                      'gptq_nb.kernels.gemm._tc_splits': ('kernel_dispatch.html#_tc_splits', 'gptq_nb/kernels/gemm.py'),
                                       'gptq_nb.kernels.gemm._tensors': ('kernel_dispatch.html#_tensors', 'gptq_nb/kernels/gemm.py'),
                                       'gptq_nb.kernels.gemm._with_pdl': ('kernel_dispatch.html#_with_pdl', 'gptq_nb/kernels/gemm.py'),
                                       'gptq_nb.kernels.gemm._workspace': ('kernel_dispatch.html#_workspace', 'gptq_nb/kernels/gemm.py'),

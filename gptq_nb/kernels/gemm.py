@@ -11,8 +11,8 @@ import torch
 from .ref import (triton, tl, have_triton, kernels_available, _interpret, _check_args, _ref_pack_rows,
                                  _ref_unpack_rows, ref_dequant, ref_gemm, random_gptq)
 from .mma import MMAConfig, DequantConfig, Plan, mma_plan, dequantize, _group, _gptq_mm_kernel
-from .gemv import DecodeConfig, decode_ok, decode_plan, _gptq_gemv_kernel
-from .tc import TCDecodeConfig, tc_why_not, tc_plan, _gptq_tc_kernel
+from .gemv import DecodeConfig, decode_ok, decode_plan
+from .tc import TCDecodeConfig, tc_why_not, tc_plan
 
 # %% auto #0
 __all__ = ['DEQUANT_SCRATCH', 'kernel_candidates', 'pick_config', 'settled_weights', 'gptq_gemm', 'PreparedGPTQ', 'prepare',
@@ -58,14 +58,17 @@ def _mma_rule(m:int, K:int, N:int, group_size:int, sms:int) -> MMAConfig:
     if N >= 20480: return MMAConfig(block_m=64, block_n=128, block_k=bk, split_k=2, stages=3)
     return MMAConfig(block_m=64, block_n=64, block_k=min(bk, 64), split_k=2, stages=4, join_unpack=True, scale_weights=True)
 
+def _tc_splits(m:int, K:int, N:int, sms:int, unroll:int=4, cap:int=128) -> int:
+    "The tensor-core GEMV's split-K: about 32 one-warp tasks per SM, at most cap/m splits, each at least one iteration."
+    return max(1, min(K // (32 * unroll), round(32 * sms / -(-N // 32)), cap // m))
+
 def _tc_rule(m:int, K:int, N:int, sms:int, unroll:int=4):
     "(the tensor-core GEMV's launch by rule, None) or (None, why another kernel is faster here): see above."
     if m == 1: return None, "m=1: the CUDA-core decode kernel is faster for one row"
     if K * N < (1 << 25 if m == 2 else 1 << 24 if m <= 8 else 1 << 26):   # 9-16 rows: two B operands, twice the MMAs
         return None, f"m={m} on a {K}x{N} layer: too small to pay its fixed cost (split-K atomics, ~6 µs)"
     if torch.are_deterministic_algorithms_enabled(): return None, "deterministic algorithms asked for: its split-K sums are atomics"
-    sk = max(1, min(K // (32 * unroll), round(32 * sms / -(-N // 32)), 128 // m))
-    return TCDecodeConfig(unroll=unroll, split_k=sk), None
+    return TCDecodeConfig(unroll=unroll, split_k=_tc_splits(m, K, N, sms, unroll)), None
 
 def kernel_candidates(m:int, K:int, N:int, bits:int=4, group_size:int=128, device="cuda", dtype=torch.float16,
                       has_gidx:bool=False) -> list:
@@ -116,7 +119,7 @@ def _sums(device, n:int):
 def _workspace(plan:Plan, M:int, N:int, device, out):
     "Split-K scratch for a plan: the shared zeroed row (atomic sums), a fresh [splits, M, N] (ordered sums), or none."
     if plan.split_k <= 1: return out
-    if plan.consts.get("RED") == 0 or plan.kernel is _gptq_tc_kernel: return _sums(device, M * N)
+    if plan.atomic: return _sums(device, M * N)
     return torch.empty(plan.split_k, M, N, dtype=torch.float32, device=device)
 
 _FAST: dict = {}
@@ -178,17 +181,17 @@ def _launch(kernel, grid, args, consts, warps, stages):
     else: _direct_launch(hit, grid, args, dev)
 
 def _kernel_args(plan:Plan, x2, out, ws, locks, qweight, qzeros, scales, g_idx, bias):
-    "The kernel's runtime arguments, in its signature's order (the decode kernel takes no g_idx)."
+    "The kernel's runtime arguments, in its signature's order (the decode kernels take no g_idx)."
     M, K = x2.shape
     tail = (M, out.shape[1], K, x2.stride(0), out.stride(0), qzeros.shape[1], plan.k_per_split)
-    if plan.kernel in (_gptq_gemv_kernel, _gptq_tc_kernel): return (x2, qweight, qzeros, scales, bias, out, ws, locks) + tail
+    if "gi_ptr" not in plan.kernel.arg_names: return (x2, qweight, qzeros, scales, bias, out, ws, locks) + tail
     return (x2, qweight, qzeros, scales, g_idx if g_idx is not None else qweight, bias, out, ws, locks) + tail
 
 def _run_plan(plan:Plan, x2, qweight, qzeros, scales, g_idx, bias):
     "Allocate the output (and split-K scratch) and launch a plan on 2-D x2 [M, K]."
     M, N = x2.shape[0], scales.shape[1]
-    if ((plan.kernel is _gptq_gemv_kernel and (x2.stride(0) % 2 or x2.data_ptr() % 8))   # it reads 2 and 4 activations at once
-            or (plan.kernel is _gptq_tc_kernel and (x2.stride(0) % 8 or x2.data_ptr() % 16))):   # and this one 8
+    start, row = plan.x_align   # the kernel's vector loads of x
+    if x2.data_ptr() % start or (x2.stride(0) * x2.element_size()) % row:
         x2 = x2.clone(memory_format=torch.contiguous_format)
     out = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
     ws = _workspace(plan, M, N, x2.device, out)

@@ -352,4 +352,5 @@ def decode_plan(M, K, N, bits, group_size, zoff, has_bias, dtype, cfg:DecodeConf
                   H2=bool(cfg.packed_half) and bits == 4 and dtype == torch.float16, PDL=0)
     consts["PAIR"] = int(bool(cfg.pair_rows) and mb == 1 and consts["H2"] and cfg.words_per_thread >= 2 and cfg.prefetch <= 1)
     if cfg.max_registers: consts["maxnreg"] = cfg.max_registers   # a compile option, passed with the constexprs
-    return Plan(_gptq_gemv_kernel, grid, consts, kps, sk, grid[0], cfg.warps, 1)
+    return Plan(_gptq_gemv_kernel, grid, consts, kps, sk, grid[0], cfg.warps, 1, atomic=consts["RED"] == 0,
+                x_align=(8, 4))   # row 0 in 64-bit loads, every row's activations in pairs

@@ -232,6 +232,8 @@ class Plan(NamedTuple):
     tiles: int         # output tiles (one split-K counter each)
     warps: int
     stages: int
+    atomic: bool = False    # split-K partials summed by atomics in the shared zeroed fp32 row, not a [splits, M, N] scratch
+    x_align: tuple = (1, 1) # bytes that x's start and row stride must be multiples of (its vector loads), else x is copied
 
 def _group(K:int, group_size:int) -> int:
     "GROUP constexpr: the group size, or a power of two beyond any K for group_size=-1 (one group)."

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple
 import torch
 from .ref import triton, tl, _jit, _interpret
-from .mma import Plan, _group
+from .mma import Plan
 
 # %% auto #0
 __all__ = ['TCDecodeConfig', 'tc_why_not', 'tc_plan', 'emulate_tc']
@@ -259,7 +259,8 @@ def tc_plan(M, K, N, bits, group_size, zoff, has_bias, dtype, cfg:TCDecodeConfig
     sk = -(-steps // spt)
     gs = (K if group_size == -1 else group_size) // 32
     consts = dict(GS=gs, ZOFF=zoff, HAS_BIAS=has_bias, W=cfg.warps, U=cfg.unroll, MB=1 if M <= 8 else 2, SPLIT=sk > 1, PDL=0)
-    return Plan(_gptq_tc_kernel, (-(-ncb // cfg.warps), sk, 1), consts, spt * 32, sk, ncb * 32, cfg.warps, 1)
+    return Plan(_gptq_tc_kernel, (-(-ncb // cfg.warps), sk, 1), consts, spt * 32, sk, ncb * 32, cfg.warps, 1, atomic=True,
+                x_align=(16, 16))   # 8 activations in one 16-byte load
 
 # %% ../../nbs/22a_kernel_tc.ipynb #t015
 def emulate_tc(x, qweight, qzeros, scales, group_size:int=128, zoff:int=1):
