@@ -262,6 +262,52 @@ def family_totals(per_shape, shapes, m, value):
     return tot
 
 
+def config_sweep(out_name, sets, ms, variants, rec, bad, out=".", budget_s=300, fill=()):
+    """The sweep decode_sweep.py and tc_sweep.py share. Per layer shape of `sets` (`{family: [(K, N)]}`) and each m in
+    `ms`: fp16's µs, then each config of `variants(m, K, N)` (`{tag: config}`) through `gptq_gemm` inside
+    `settled_weights`, checked against float64 (a failure goes to `bad`, untimed) and graph-timed over the weight copies.
+    A tag in `fill` that could not run counts as "rule" there. Per family: sums and ratios to fp16 into `rec["sets"]`,
+    and `rec` written to `out/out_name` (with the failures) after each family."""
+    t00 = time.time()
+    for fam, shapes in sets.items():
+        if time.time() - t00 > budget_s: log("budget spent before", fam); break
+        for (K, N) in shapes:
+            key = f"{K}x{N}"
+            if key in rec["shapes"]: continue
+            L, Ls, Ws = shape_case(K, N)
+            per = {}
+            for m in ms:
+                x = torch.randn(m, K, device=dev, dtype=torch.float16)
+                ref = G.ref_gemm(x, **args_of(L, False))
+                r = dict(fp16=fp16_us(x, Ws))
+                vs = variants(m, K, N)
+                rec["configs"][f"{key}/{m}"] = {t: [type(c).__name__, list(c)] for t, c in vs.items()}
+                with G.settled_weights():
+                    for tag, cfg in vs.items():
+                        try:
+                            y = G.gptq_gemm(x, config=cfg, **args_of(Ls[0], False)); err = rel(y, ref)
+                        except Exception as ex:
+                            log("   ", key, m, tag, "can't run:", type(ex).__name__, str(ex)[:100]); continue
+                        if not err <= 2e-3: bad.append((key, m, tag, err)); log("  FAIL", key, m, tag, err); continue
+                        r[tag] = safe(graph_time, [lambda A=A, c=cfg: G.gptq_gemm(x, config=c, **args_of(A, False)) for A in Ls]) * 1e3
+                for t in fill: r.setdefault(t, r["rule"])
+                per[m] = r
+                log(f"{fam:12s} {key:12s} m={m} " + "  ".join(f"{k} {v:.2f}" for k, v in r.items())
+                    + f"  [{type(next(iter(vs.values()))).__name__}]")
+            rec["shapes"][key] = per
+            del Ls, Ws; torch.cuda.empty_cache()
+        sums = {}
+        for m in ms:
+            tot = family_totals(rec["shapes"], shapes, m, lambda k, v: v)
+            sums[m] = dict(us=tot, x_fp16={k: tot["fp16"] / v for k, v in tot.items() if k != "fp16"})
+            log(f"  {fam} m={m} x fp16: " + "  ".join(f"{k} {v:.2f}" for k, v in sums[m]["x_fp16"].items()))
+        rec["sets"][fam] = sums
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, out_name), "w") as f: json.dump(dict(rec, failures=bad), f, indent=1)
+    log("failures:", bad, f"[{time.time() - t00:.0f} s]")
+    return rec
+
+
 def copies(L, n):
     "n independent copies of a layer's tensors (rotated through so that each call reads its weights from HBM)."
     return [dict(args_of(L, False), qweight=L["qweight"].clone(), qzeros=L["qzeros"].clone(), scales=L["scales"].clone())

@@ -11,9 +11,8 @@ decode step runs them), checked against float64, then graph-timed back to back (
 decode_sweep.json; `kernels/RESULTS.md` (session 10) has the earlier variants (two tiles in flight, a register cap,
 side prefetch, late row sums) and why they were dropped.
 """
-import argparse, json, os, time
-import torch
-from kernels.bench import graph_time, rel, safe, log, args_of, family_totals, shape_case, fp16_us, results_header
+import argparse, os
+from kernels.bench import config_sweep, results_header
 from kernels.gemv_reduce import SETS
 from gptq_nb.kernels import gemm as G
 from gptq_nb.kernels.gemv import DecodeConfig
@@ -46,46 +45,10 @@ def main():
     ap.add_argument("--ms", default="1,2,4"); ap.add_argument("--budget", type=float, default=300)
     ap.add_argument("--sets", default=",".join(SETS))
     a = ap.parse_args()
-    ms = [int(v) for v in a.ms.split(",")]
-    t00 = time.time()
     rec = results_header(pdl_ok=G._pdl_ok(), shapes={}, sets={}, configs={})
-    bad = []
-    for fam in a.sets.split(","):
-        if time.time() - t00 > a.budget: log("budget spent before", fam); break
-        shapes = SETS[fam]
-        for (K, N) in shapes:
-            key = f"{K}x{N}"
-            if key in rec["shapes"]: continue
-            L, Ls, Ws = shape_case(K, N)
-            per = {}
-            for m in ms:
-                x = torch.randn(m, K, device="cuda", dtype=torch.float16)
-                ref = G.ref_gemm(x, **args_of(L, False))
-                r = dict(fp16=fp16_us(x, Ws))
-                rule = G.pick_config(m, K, N)
-                rec["configs"][f"{key}/{m}"] = rule._asdict()
-                with G.settled_weights():
-                    for tag, cfg in variants(rule, K, N, m).items():
-                        try:
-                            y = G.gptq_gemm(x, config=cfg, **args_of(Ls[0], False)); err = rel(y, ref)
-                        except Exception as ex:
-                            log("   ", key, m, tag, "can't run:", type(ex).__name__, str(ex)[:100]); continue
-                        if not err <= 2e-3: bad.append((key, m, tag, err)); log("  FAIL", key, m, tag, err); continue
-                        r[tag] = safe(graph_time, [lambda A=A, c=cfg: G.gptq_gemm(x, config=c, **args_of(A, False)) for A in Ls]) * 1e3
-                for t in NAMES: r.setdefault(t, r["rule"])   # a variant that can't differ here (or failed: see failures) counts as the rule
-                per[m] = r
-                log(f"{fam:12s} {key:12s} m={m} " + "  ".join(f"{k} {v:.2f}" for k, v in r.items()))
-            rec["shapes"][key] = per
-            del Ls, Ws; torch.cuda.empty_cache()
-        sums = {}
-        for m in ms:
-            tot = family_totals(rec["shapes"], shapes, m, lambda k, v: v)
-            sums[m] = dict(us=tot, x_fp16={k: tot["fp16"] / v for k, v in tot.items() if k != "fp16"})
-            log(f"  {fam} m={m} x fp16: " + "  ".join(f"{k} {v:.2f}" for k, v in sums[m]["x_fp16"].items()))
-        rec["sets"][fam] = sums
-        os.makedirs(a.out, exist_ok=True)
-        with open(os.path.join(a.out, "decode_sweep.json"), "w") as f: json.dump(dict(rec, failures=bad), f, indent=1)
-    log("failures:", bad, f"[{time.time() - t00:.0f} s]")
+    # a variant that can't differ on a shape (or failed: see failures) counts as the rule there
+    config_sweep("decode_sweep.json", {f: SETS[f] for f in a.sets.split(",")}, [int(v) for v in a.ms.split(",")],
+                 lambda m, K, N: variants(G.pick_config(m, K, N), K, N, m), rec, [], a.out, a.budget, fill=NAMES)
 
 
 if __name__ == "__main__": main()

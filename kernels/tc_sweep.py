@@ -11,9 +11,9 @@ a multiple of 32, split-K or not, inside `settled_weights` or not, an activation
 its split cap at 256/m instead of 128/m; each checked against float64, graph-timed inside `settled_weights`.
 Writes tc_sweep.json.
 """
-import argparse, json, os, time
+import argparse, os
 import torch
-from kernels.bench import graph_time, rel, safe, log, args_of, family_totals, shape_case, fp16_us, results_header, layer, check_calls
+from kernels.bench import rel, log, args_of, results_header, layer, check_calls, config_sweep
 from kernels.gemv_reduce import SETS
 from gptq_nb.kernels import gemm as G
 from gptq_nb.kernels.tc import TCDecodeConfig
@@ -43,57 +43,27 @@ def odd_checks():
     return bad
 
 
+def variants(m, K, N):
+    "The rule, the rule without the tensor-core GEMV, and the GEMV (where it can run) at the rule's splits capped at 128/m and 256/m."
+    cands = [(nm, c) for nm, c, why in G.kernel_candidates(m, K, N) if c is not None]
+    vs = dict(rule=cands[0][1], before=next(c for nm, c in cands if nm != "tc"))
+    if G.tc_why_not(m, K, N, 4, False, 128, torch.float16, "cuda") is None:
+        sms = G._sms("cuda")
+        vs["tc"] = TCDecodeConfig(split_k=G._tc_splits(m, K, N, sms))
+        vs["tc_cap256"] = TCDecodeConfig(split_k=G._tc_splits(m, K, N, sms, cap=256))
+    return vs
+
+
 def main():
     ap = argparse.ArgumentParser(); ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--ms", default="1,2,4,8,16"); ap.add_argument("--budget", type=float, default=300)
     ap.add_argument("--sets", default=",".join(SETS))
     a = ap.parse_args()
-    ms = [int(v) for v in a.ms.split(",")]
-    t00 = time.time()
     rec = results_header(shapes={}, sets={}, configs={})
     bad = odd_checks()
     rec["check_calls"] = check_calls()
-    for fam in a.sets.split(","):
-        if time.time() - t00 > a.budget: log("budget spent before", fam); break
-        shapes = SETS[fam]
-        for (K, N) in shapes:
-            key = f"{K}x{N}"
-            if key in rec["shapes"]: continue
-            L, Ls, Ws = shape_case(K, N)
-            per = {}
-            for m in ms:
-                x = torch.randn(m, K, device="cuda", dtype=torch.float16)
-                ref = G.ref_gemm(x, **args_of(L, False))
-                r = dict(fp16=fp16_us(x, Ws))
-                cands = [(nm, c) for nm, c, why in G.kernel_candidates(m, K, N) if c is not None]
-                rule = cands[0][1]
-                before = next(c for nm, c in cands if nm != "tc")
-                vs = dict(rule=rule, before=before)
-                tcr = G._tc_rule(m, K, N, G._sms("cuda"))[0]
-                if m > 1 and G.tc_why_not(m, K, N, 4, False, 128, torch.float16, "cuda") is None:
-                    tcr = tcr or TCDecodeConfig(split_k=max(1, min(K // 128, round(32 * 132 / (N // 32)), 128 // m)))
-                    vs["tc"] = tcr
-                    vs["tc_cap256"] = tcr._replace(split_k=max(1, min(K // 128, round(32 * 132 / (N // 32)), 256 // m)))
-                rec["configs"][f"{key}/{m}"] = {k: [type(c).__name__, list(c)] for k, c in vs.items()}
-                with G.settled_weights():
-                    for tag, cfg in vs.items():
-                        y = G.gptq_gemm(x, config=cfg, **args_of(L, False)); err = rel(y, ref)
-                        if not err <= 2e-3: bad.append((key, m, tag, err)); log("  FAIL", key, m, tag, err); continue
-                        r[tag] = safe(graph_time, [lambda A=A, c=cfg: G.gptq_gemm(x, config=c, **args_of(A, False)) for A in Ls]) * 1e3
-                for t in ("tc", "tc_cap256"): r.setdefault(t, r["rule"])
-                per[m] = r
-                log(f"{fam:12s} {key:12s} m={m} " + "  ".join(f"{k} {v:.2f}" for k, v in r.items()) + f"  [{type(rule).__name__}]")
-            rec["shapes"][key] = per
-            del Ls, Ws; torch.cuda.empty_cache()
-        sums = {}
-        for m in ms:
-            tot = family_totals(rec["shapes"], shapes, m, lambda k, v: v)
-            sums[m] = dict(us=tot, x_fp16={k: tot["fp16"] / v for k, v in tot.items() if k != "fp16"})
-            log(f"  {fam} m={m} x fp16: " + "  ".join(f"{k} {v:.2f}" for k, v in sums[m]["x_fp16"].items()))
-        rec["sets"][fam] = sums
-        os.makedirs(a.out, exist_ok=True)
-        with open(os.path.join(a.out, "tc_sweep.json"), "w") as f: json.dump(dict(rec, failures=bad), f, indent=1)
-    log("failures:", bad, f"[{time.time() - t00:.0f} s]")
+    config_sweep("tc_sweep.json", {f: SETS[f] for f in a.sets.split(",")}, [int(v) for v in a.ms.split(",")], variants,
+                 rec, bad, a.out, a.budget, fill=("tc", "tc_cap256"))
 
 
 if __name__ == "__main__": main()
